@@ -1,0 +1,15 @@
+"""lstmx: fast, exact peephole LSTMs for CPUs.
+
+Typed Cython kernels over scipy's BLAS under a NumPy API: stacked and
+bidirectional peephole LSTMs with a fully connected head, forward and exact
+backpropagation through time, in float32 and float64.
+
+>>> import numpy as np, lstmx
+>>> net = lstmx.LSTM(input_size=3, hidden_size=4, output_size=2, seed=0)
+>>> net.predict(np.zeros((5, 1, 3))).shape
+(5, 1, 2)
+"""
+from ._version import __version__
+from .lstm import LSTM, Cache, Gradients
+
+__all__ = ["LSTM", "Cache", "Gradients", "__version__"]

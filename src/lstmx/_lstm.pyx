@@ -1,0 +1,328 @@
+"""Kernels for one direction of one LSTM layer over a whole sequence.
+
+The maths is DESIGN.md section 1 (seed 001's peephole cell) and its exact
+backward pass (seed 002, batched, plus the peephole terms). Arrays are
+time-major and C-contiguous; each (layer, direction) packs its four gates in
+the order i, f, c(g), o:
+
+    w_x   (4H, I)   w_h (4H, H)   bias (4H,)   peep (3H,) = p_i, p_f, p_o
+
+A row of the (T*N, ...) matrices is ``t * N + n``. ``lengths[n]`` is the
+number of valid steps of sequence n; the reverse direction walks
+t = lengths[n] - 1, ..., 0. At step s, sequence n is active when
+s < lengths[n]; inactive sequences keep their state and get no output.
+
+The Python layer validates every shape before calling: bounds checks are off.
+Nothing is allocated here; the caller passes workspaces.
+"""
+from libc.math cimport exp, expf, tanh, tanhf
+from libc.string cimport memcpy, memset
+from cython cimport floating
+
+from ._blas cimport gemm, gemv
+
+
+cdef inline floating _sigmoid(floating z) noexcept nogil:
+    if floating is float:
+        return 1.0 / (1.0 + expf(-z))
+    else:
+        return 1.0 / (1.0 + exp(-z))
+
+
+cdef inline floating _tanh(floating z) noexcept nogil:
+    if floating is float:
+        return tanhf(z)
+    else:
+        return tanh(z)
+
+
+cdef inline Py_ssize_t _time(Py_ssize_t s, Py_ssize_t length, bint reverse) noexcept nogil:
+    """Time index processed at step s by a sequence of this length."""
+    return length - 1 - s if reverse else s
+
+
+# --------------------------------------------------------------------------
+# forward
+
+cdef void _cell_forward(Py_ssize_t H, floating* a, const floating* rec,
+                        const floating* bias, const floating* peep,
+                        floating* h, floating* c, floating* h_out,
+                        floating* c_out, bint training) noexcept nogil:
+    """One step of one sequence (DESIGN.md section 1).
+
+    a: (4H,) input projection x_t W_x^T of this row; becomes the activated
+    gates i, f, g, o when training. rec: (4H,) h_{t-1} W_h^T. h, c: (H,)
+    state, updated in place. h_out: (H,) where h_t goes. c_out: (H,) where
+    c_t is kept for backward (training only).
+    """
+    cdef Py_ssize_t j
+    cdef floating c_prev, i, f, g, o, c_t, h_t
+    for j in range(H):
+        c_prev = c[j]
+        i = _sigmoid(a[j] + rec[j] + bias[j] + peep[j] * c_prev)
+        f = _sigmoid(a[H + j] + rec[H + j] + bias[H + j] + peep[H + j] * c_prev)
+        g = _tanh(a[2 * H + j] + rec[2 * H + j] + bias[2 * H + j])
+        c_t = f * c_prev + i * g
+        # the output gate's peephole sees c_t, not c_{t-1}
+        o = _sigmoid(a[3 * H + j] + rec[3 * H + j] + bias[3 * H + j] + peep[2 * H + j] * c_t)
+        h_t = o * _tanh(c_t)
+        c[j] = c_t
+        h[j] = h_t
+        h_out[j] = h_t
+        if training:
+            a[j] = i
+            a[H + j] = f
+            a[2 * H + j] = g
+            a[3 * H + j] = o
+            c_out[j] = c_t
+
+
+cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
+                   const floating* x, const floating* w_x,
+                   const floating* w_h, const floating* bias,
+                   const floating* peep, const int* lengths, bint reverse,
+                   floating* h, floating* c,
+                   floating* out, Py_ssize_t ld_out,
+                   floating* gates, floating* c_all, floating* h_prev_all,
+                   floating* rec) noexcept nogil:
+    """One direction of one layer over T steps.
+
+    x (T, N, I); h, c (N, H): initial state in, final state out;
+    out: h_t of row r goes to out + r * ld_out; gates (T, N, 4H) workspace
+    (activated gates after a training run); c_all, h_prev_all (T, N, H):
+    c_t and h_{t-1} per row, kept for backward, or NULL for inference;
+    rec (N, 4H) workspace.
+    """
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t s, n, t, row
+    cdef bint training = c_all != NULL
+    # Input projection of all T*N rows in one GEMM: gates = X W_x^T.
+    gemm(False, True, <int>(T * N), <int>G, <int>I, <floating>1.0, x, <int>I,
+         w_x, <int>I, <floating>0.0, gates, <int>G)
+    if training:
+        # Padded rows must be zero for backward's GEMMs over all rows.
+        for n in range(N):
+            for t in range(lengths[n], T):
+                memset(h_prev_all + (t * N + n) * H, 0, H * sizeof(floating))
+    for s in range(T):
+        # Recurrent term of all sequences: rec = h_{t-1} W_h^T.
+        if N == 1:
+            gemv(False, <int>G, <int>H, <floating>1.0, w_h, <int>H, h,
+                 <floating>0.0, rec)
+        else:
+            gemm(False, True, <int>N, <int>G, <int>H, <floating>1.0, h, <int>H,
+                 w_h, <int>H, <floating>0.0, rec, <int>G)
+        for n in range(N):
+            if s >= lengths[n]:
+                continue
+            t = _time(s, lengths[n], reverse)
+            row = t * N + n
+            if training:
+                memcpy(h_prev_all + row * H, h + n * H, H * sizeof(floating))
+            _cell_forward(H, gates + row * G, rec + n * G, bias, peep,
+                          h + n * H, c + n * H, out + row * ld_out,
+                          c_all + row * H if training else NULL, training)
+
+
+def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
+                 const floating[:, ::1] w_h, const floating[::1] bias,
+                 const floating[::1] peep, const int[::1] lengths,
+                 bint reverse, floating[:, ::1] h, floating[:, ::1] c,
+                 floating[:, :, ::1] out, Py_ssize_t out_col,
+                 floating[:, :, ::1] gates, floating[:, :, ::1] c_all,
+                 floating[:, :, ::1] h_prev_all, floating[:, ::1] rec):
+    """Run one direction of one layer; see ``_forward``.
+
+    x (T, N, I); w_x (4H, I); w_h (4H, H); bias (4H,); peep (3H,) (zeros for
+    no peepholes); lengths (N,) int32; h, c (N, H) in/out; out (T, N, D*H),
+    this direction's h_t written to columns out_col:out_col+H; gates
+    (T, N, 4H); c_all, h_prev_all (T, N, H) for training or empty (0, 0, 0)
+    for inference; rec (N, 4H).
+    """
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2]
+    cdef Py_ssize_t H = w_h.shape[1]
+    cdef floating* c_all_p = &c_all[0, 0, 0] if c_all.shape[0] else NULL
+    cdef floating* h_prev_p = &h_prev_all[0, 0, 0] if h_prev_all.shape[0] else NULL
+    with nogil:
+        _forward(T, N, I, H, &x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], &bias[0],
+                 &peep[0], &lengths[0], reverse, &h[0, 0], &c[0, 0],
+                 &out[0, 0, out_col], out.shape[2], &gates[0, 0, 0],
+                 c_all_p, h_prev_p, &rec[0, 0])
+
+
+# --------------------------------------------------------------------------
+# backward
+
+cdef void _cell_backward(Py_ssize_t H, const floating* act,
+                         const floating* c_t, const floating* c_prev,
+                         const floating* peep, const floating* dh_out,
+                         const floating* dh_next, floating* dc,
+                         floating* da, floating* dpeep) noexcept nogil:
+    """Gate derivatives of one step of one sequence (seed 002 + peepholes).
+
+    act: (4H,) activated i, f, g, o. dh_out: (H,) dL/dh_t from above;
+    dh_next: (H,) dL/dh_t through the recurrence. dc: (H,) dL/dc_t from
+    step t+1 in, dL/dc_{t-1} out. da: (4H,) pre-activation gradients out.
+    dpeep: (3H,) accumulated.
+    """
+    cdef Py_ssize_t j
+    cdef floating i, f, g, o, tc, dh, d_c, da_i, da_f, da_g, da_o
+    for j in range(H):
+        i = act[j]
+        f = act[H + j]
+        g = act[2 * H + j]
+        o = act[3 * H + j]
+        tc = _tanh(c_t[j])
+        dh = dh_out[j] + dh_next[j]
+        da_o = dh * tc * o * (1 - o)
+        # dc_t: from h_t = o tanh(c_t), from c_{t+1}, and from o's peephole
+        d_c = dc[j] + dh * o * (1 - tc * tc) + peep[2 * H + j] * da_o
+        da_i = d_c * g * i * (1 - i)
+        da_f = d_c * c_prev[j] * f * (1 - f)
+        da_g = d_c * i * (1 - g * g)
+        # dc_{t-1}: through f and through the i and f peepholes
+        dc[j] = d_c * f + peep[j] * da_i + peep[H + j] * da_f
+        da[j] = da_i
+        da[H + j] = da_f
+        da[2 * H + j] = da_g
+        da[3 * H + j] = da_o
+        dpeep[j] += da_i * c_prev[j]
+        dpeep[H + j] += da_f * c_prev[j]
+        dpeep[2 * H + j] += da_o * c_t[j]
+
+
+cdef void _backward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
+                    const floating* x, const floating* w_x,
+                    const floating* w_h, const floating* peep,
+                    const int* lengths, bint reverse, const floating* c0,
+                    const floating* gates, const floating* c_all,
+                    const floating* h_prev_all,
+                    const floating* dout, Py_ssize_t ld_dout,
+                    const floating* dh_n, const floating* dc_n,
+                    floating* dx, floating beta_dx,
+                    floating* dw_x, floating* dw_h, floating* dbias,
+                    floating* dpeep, floating* dh0, floating* dc0,
+                    floating* dgates, floating* drec,
+                    floating* dh_rec) noexcept nogil:
+    """Exact BPTT of one direction of one layer.
+
+    Per step only the elementwise derivatives and dh_{t-1} = da W_h; then
+    dW_x = dA^T X, dW_h = dA^T H_prev, dX = dA W_x and db = sum(dA) as one
+    GEMM or reduction over all T*N rows (seed 002, eqs 11-15).
+    dx (T, N, I) = beta_dx dx + dA W_x; dw_x, dw_h, dbias, dpeep are
+    overwritten. dh0, dc0 (N, H) out. dgates (T, N, 4H), drec (N, 4H),
+    dh_rec (N, H) are workspaces.
+    """
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t s, n, t, t_prev, row, j, L
+    cdef const floating* c_prev
+    cdef const floating* dh_next
+    memcpy(dc0, dc_n, N * H * sizeof(floating))   # dc0 carries dL/dc
+    memset(dpeep, 0, 3 * H * sizeof(floating))
+    for n in range(N):
+        for t in range(lengths[n], T):
+            memset(dgates + (t * N + n) * G, 0, G * sizeof(floating))
+    for s in range(T - 1, -1, -1):
+        for n in range(N):
+            L = lengths[n]
+            if s >= L:
+                memset(drec + n * G, 0, G * sizeof(floating))
+                continue
+            t = _time(s, L, reverse)
+            row = t * N + n
+            if s == 0:
+                c_prev = c0 + n * H
+            else:
+                t_prev = t + 1 if reverse else t - 1
+                c_prev = c_all + (t_prev * N + n) * H
+            # dL/dh_t through the recurrence: from step s+1, or the final state
+            dh_next = dh_rec + n * H if s + 1 < L else dh_n + n * H
+            _cell_backward(H, gates + row * G, c_all + row * H, c_prev, peep,
+                           dout + row * ld_dout, dh_next, dc0 + n * H,
+                           drec + n * G, dpeep)
+            memcpy(dgates + row * G, drec + n * G, G * sizeof(floating))
+        # dh_{t-1} = da W_h (seed 002, eq 14)
+        if N == 1:
+            gemv(True, <int>G, <int>H, <floating>1.0, w_h, <int>H, drec,
+                 <floating>0.0, dh_rec)
+        else:
+            gemm(False, False, <int>N, <int>H, <int>G, <floating>1.0, drec,
+                 <int>G, w_h, <int>H, <floating>0.0, dh_rec, <int>H)
+    memcpy(dh0, dh_rec, N * H * sizeof(floating))
+    # Weight and input gradients over all rows at once.
+    gemm(True, False, <int>G, <int>I, <int>(T * N), <floating>1.0, dgates,
+         <int>G, x, <int>I, <floating>0.0, dw_x, <int>I)
+    gemm(True, False, <int>G, <int>H, <int>(T * N), <floating>1.0, dgates,
+         <int>G, h_prev_all, <int>H, <floating>0.0, dw_h, <int>H)
+    gemm(False, False, <int>(T * N), <int>I, <int>G, <floating>1.0, dgates,
+         <int>G, w_x, <int>I, beta_dx, dx, <int>I)
+    memset(dbias, 0, G * sizeof(floating))
+    for row in range(T * N):
+        for j in range(G):
+            dbias[j] += dgates[row * G + j]
+
+
+def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
+                  const floating[:, ::1] w_h, const floating[::1] peep,
+                  const int[::1] lengths, bint reverse,
+                  const floating[:, ::1] c0,
+                  const floating[:, :, ::1] gates,
+                  const floating[:, :, ::1] c_all,
+                  const floating[:, :, ::1] h_prev_all,
+                  const floating[:, :, ::1] dout, Py_ssize_t dout_col,
+                  const floating[:, ::1] dh_n, const floating[:, ::1] dc_n,
+                  floating[:, :, ::1] dx, bint accumulate_dx,
+                  floating[:, ::1] dw_x, floating[:, ::1] dw_h,
+                  floating[::1] dbias, floating[::1] dpeep,
+                  floating[:, ::1] dh0, floating[:, ::1] dc0,
+                  floating[:, :, ::1] dgates, floating[:, ::1] drec,
+                  floating[:, ::1] dh_rec):
+    """Backward of one direction of one layer; see ``_backward``.
+
+    Shapes as in ``lstm_forward``; dout (T, N, D*H) is dL/d(layer output),
+    this direction's columns start at dout_col; dh_n, dc_n (N, H) are
+    dL/d(final state). dx (T, N, I) is overwritten, or added to when
+    accumulate_dx. dgates (T, N, 4H), drec (N, 4H), dh_rec (N, H) are
+    workspaces.
+    """
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2]
+    cdef Py_ssize_t H = w_h.shape[1]
+    cdef floating beta = 1.0 if accumulate_dx else 0.0
+    with nogil:
+        _backward(T, N, I, H, &x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], &peep[0],
+                  &lengths[0], reverse, &c0[0, 0], &gates[0, 0, 0],
+                  &c_all[0, 0, 0], &h_prev_all[0, 0, 0],
+                  &dout[0, 0, dout_col], dout.shape[2], &dh_n[0, 0],
+                  &dc_n[0, 0], &dx[0, 0, 0], beta, &dw_x[0, 0], &dw_h[0, 0],
+                  &dbias[0], &dpeep[0], &dh0[0, 0], &dc0[0, 0],
+                  &dgates[0, 0, 0], &drec[0, 0], &dh_rec[0, 0])
+
+
+# --------------------------------------------------------------------------
+# fully connected head: y = h W_fc^T + b_fc (seed 001's output layer)
+
+def linear_forward(const floating[:, ::1] h, const floating[:, ::1] w,
+                   const floating[::1] b, floating[:, ::1] y):
+    """y (R, O) = h (R, K) w^T + b, with w (O, K) and b (O,)."""
+    cdef Py_ssize_t R = h.shape[0], K = h.shape[1], O = w.shape[0], r, j
+    with nogil:
+        for r in range(R):
+            memcpy(&y[r, 0], &b[0], O * sizeof(floating))
+        gemm(False, True, <int>R, <int>O, <int>K, <floating>1.0, &h[0, 0],
+             <int>K, &w[0, 0], <int>K, <floating>1.0, &y[0, 0], <int>O)
+
+
+def linear_backward(const floating[:, ::1] h, const floating[:, ::1] w,
+                    const floating[:, ::1] dy, floating[:, ::1] dh,
+                    floating[:, ::1] dw, floating[::1] db):
+    """dh = dy w; dw = dy^T h; db = column sums of dy (all overwritten)."""
+    cdef Py_ssize_t R = h.shape[0], K = h.shape[1], O = w.shape[0], r, j
+    with nogil:
+        gemm(False, False, <int>R, <int>K, <int>O, <floating>1.0, &dy[0, 0],
+             <int>O, &w[0, 0], <int>K, <floating>0.0, &dh[0, 0], <int>K)
+        gemm(True, False, <int>O, <int>K, <int>R, <floating>1.0, &dy[0, 0],
+             <int>O, &h[0, 0], <int>K, <floating>0.0, &dw[0, 0], <int>K)
+        memset(&db[0], 0, O * sizeof(floating))
+        for r in range(R):
+            for j in range(O):
+                db[j] += dy[r, j]

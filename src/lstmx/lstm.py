@@ -1,0 +1,424 @@
+"""The LSTM network: parameters in one flat buffer, stacking, directions, head.
+
+All parameters live in one contiguous 1-D buffer ``net.flat``; the public
+names of seed 000 are zero-copy views into it (DESIGN.md section 2). Each
+(layer, direction) keeps its gates packed in the order i, f, c(g), o:
+
+    w_x (4H, I_k)   w_h (4H, H)   bias (4H,)   peep (3H,) = p_i, p_f, p_o
+
+laid out in that order, layer after layer, direction fw then bw, followed by
+the head's weights (O, D*H) and biases (O,). Gradients use the same layout.
+"""
+from collections.abc import Mapping
+
+import numpy as np
+
+from . import _lstm
+from ._validation import (
+    as_float_array,
+    as_lengths,
+    as_sequence_input,
+    as_state,
+    check_blas_size,
+    check_dtype,
+    check_int,
+)
+
+GATES = ("i", "f", "c", "o")
+PEEPHOLE_GATES = ("i", "f", "o")
+DIRECTIONS = ("fw", "bw")
+FC_WEIGHTS = "Fully_connected_layerweights"
+FC_BIASES = "Fully_connected_layerbiases"
+
+
+class _Slot:
+    """Offsets of one (layer, direction) in the flat buffer."""
+
+    def __init__(self, layer, direction, input_size, hidden_size, peephole, offset):
+        H, I = hidden_size, input_size
+        self.layer = layer            # 0-based
+        self.direction = direction    # 0 fw, 1 bw
+        self.input_size = I
+        self.w_x = (offset, (4 * H, I))
+        offset += 4 * H * I
+        self.w_h = (offset, (4 * H, H))
+        offset += 4 * H * H
+        self.bias = (offset, (4 * H,))
+        offset += 4 * H
+        self.peep = (offset, (3 * H,)) if peephole else None
+        offset += 3 * H if peephole else 0
+        self.end = offset
+
+    def packed(self, buffer):
+        """(w_x, w_h, bias, peep) views of this slot in ``buffer``."""
+        return tuple(
+            None if part is None else _view(buffer, *part)
+            for part in (self.w_x, self.w_h, self.bias, self.peep)
+        )
+
+
+def _view(buffer, offset, shape):
+    return buffer[offset:offset + int(np.prod(shape))].reshape(shape)
+
+
+class NamedArrays(Mapping):
+    """A read-only mapping from seed-000 names to views into one flat buffer.
+
+    Assigning to a key is refused; writing into a view (``m[name][...] = v``)
+    writes the buffer.
+    """
+
+    def __init__(self, flat, views):
+        self.flat = flat
+        self._views = views
+
+    def __getitem__(self, name):
+        try:
+            return self._views[name]
+        except KeyError:
+            raise KeyError(f"no parameter named {name!r}; names are e.g. {next(iter(self._views))!r}") from None
+
+    def __iter__(self):
+        return iter(self._views)
+
+    def __len__(self):
+        return len(self._views)
+
+    def __repr__(self):
+        inner = ", ".join(f"{k}: {v.shape}" for k, v in self._views.items())
+        return f"{type(self).__name__}({{{inner}}})"
+
+
+class Gradients(NamedArrays):
+    """Gradients of a loss, from :meth:`LSTM.backward`.
+
+    Attributes
+    ----------
+    flat : ndarray (P,)
+        All parameter gradients, in the layout of ``net.flat``.
+    x : ndarray
+        dL/dx, shaped like the ``x`` given to ``forward``.
+    state : tuple of ndarray
+        (dL/dh0, dL/dc0), shaped like the initial state, (L*D, N, H) or
+        (L*D, H) for an unbatched sequence.
+
+    ``grads[name]`` is the gradient of ``net.params[name]``, a view into
+    ``flat``.
+    """
+
+    def __init__(self, flat, views, x, state):
+        super().__init__(flat, views)
+        self.x = x
+        self.state = state
+
+
+class Cache:
+    """What :meth:`LSTM.backward` needs from a training forward pass.
+
+    ``state`` is the final (h_n, c_n), shaped like a state; the rest is
+    private.
+    """
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+class LSTM:
+    """A (stacked, optionally bidirectional) peephole LSTM with an optional
+    fully connected head.
+
+    Parameters
+    ----------
+    input_size : int
+        Features per step, I.
+    hidden_size : int
+        Units per direction, H.
+    num_layers : int, default 1
+        Stacked layers L; layer k+1 reads layer k's output (D*H wide).
+    bidirectional : bool, default False
+        Add a reverse direction (D = 2); outputs are [h_fw, h_bw].
+    peephole : bool, default True
+        Peephole connections p_i, p_f (to c_{t-1}) and p_o (to c_t).
+    output_size : int or None, default None
+        Add a head y_t = W_fc [h_fw; h_bw]_t + b_fc with O outputs.
+    dtype : numpy.float32 or numpy.float64, default float32
+    seed : int, numpy.random.Generator or None
+        Initialisation: U(-1/sqrt(H), 1/sqrt(H)) for the LSTM, U(-1/sqrt(D*H),
+        1/sqrt(D*H)) for the head, as torch.
+    batch_first : bool, default False
+        Take x as (N, T, I) and return y as (N, T, ...), instead of
+        time-major (T, N, I).
+
+    Attributes
+    ----------
+    flat : ndarray (P,)
+        Every parameter, in one contiguous buffer.
+    params : mapping
+        Seed 000's names to views into ``flat``.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
+                 peephole=True, output_size=None, dtype=np.float32, seed=None,
+                 batch_first=False):
+        self.input_size = check_int(input_size, "input_size")
+        self.hidden_size = check_int(hidden_size, "hidden_size")
+        self.num_layers = check_int(num_layers, "num_layers")
+        self.output_size = None if output_size is None else check_int(output_size, "output_size")
+        self.bidirectional = bool(bidirectional)
+        self.peephole = bool(peephole)
+        self.batch_first = bool(batch_first)
+        self.dtype = check_dtype(dtype)
+        self.num_directions = 2 if self.bidirectional else 1
+
+        H, D = self.hidden_size, self.num_directions
+        self._slots = []
+        offset = 0
+        for layer in range(self.num_layers):
+            layer_input = self.input_size if layer == 0 else D * H
+            for d in range(D):
+                slot = _Slot(layer, d, layer_input, H, self.peephole, offset)
+                self._slots.append(slot)
+                offset = slot.end
+        self._lstm_size = offset
+        if self.output_size is not None:
+            O = self.output_size
+            self._fc_w = (offset, (O, D * H))
+            self._fc_b = (offset + O * D * H, (O,))
+            offset += O * D * H + O
+        self.flat = np.empty(offset, dtype=self.dtype)
+        self.params = NamedArrays(self.flat, self._named_views(self.flat))
+        self._packed = [slot.packed(self.flat) for slot in self._slots]
+        self._no_peep = np.zeros(3 * H, dtype=self.dtype)
+        self._no_peep.flags.writeable = False
+        self.reset_parameters(seed)
+
+    # ------------------------------------------------------------------
+    # parameters
+
+    def _named_views(self, buffer):
+        H = self.hidden_size
+        views = {}
+        for slot in self._slots:
+            w_x, w_h, bias, peep = slot.packed(buffer)
+            suffix = f"{DIRECTIONS[slot.direction]}_layer{slot.layer + 1}"
+            for k, g in enumerate(GATES):
+                views[f"W_{g}_x_{suffix}"] = w_x[k * H:(k + 1) * H]
+                views[f"W_{g}_h_{suffix}"] = w_h[k * H:(k + 1) * H]
+                views[f"b_{g}_{suffix}"] = bias[k * H:(k + 1) * H].reshape(1, H)
+            if peep is not None:
+                for k, g in enumerate(PEEPHOLE_GATES):
+                    views[f"peephole_{g}_c_{suffix}"] = peep[k * H:(k + 1) * H].reshape(1, H)
+        if self.output_size is not None:
+            views[FC_WEIGHTS] = _view(buffer, *self._fc_w)
+            views[FC_BIASES] = _view(buffer, *self._fc_b).reshape(1, -1)
+        return views
+
+    def reset_parameters(self, seed=None):
+        """Draw every parameter afresh as torch does, reproducibly from seed."""
+        rng = np.random.default_rng(seed)
+        k = 1.0 / np.sqrt(self.hidden_size)
+        self.flat[:self._lstm_size] = rng.uniform(-k, k, self._lstm_size)
+        if self.output_size is not None:
+            k = 1.0 / np.sqrt(self.num_directions * self.hidden_size)
+            n = self.flat.size - self._lstm_size
+            self.flat[self._lstm_size:] = rng.uniform(-k, k, n)
+
+    @property
+    def num_parameters(self):
+        return self.flat.size
+
+    def __repr__(self):
+        return (f"LSTM(input_size={self.input_size}, hidden_size={self.hidden_size}, "
+                f"num_layers={self.num_layers}, bidirectional={self.bidirectional}, "
+                f"peephole={self.peephole}, output_size={self.output_size}, "
+                f"dtype={self.dtype.name}, batch_first={self.batch_first})")
+
+    # ------------------------------------------------------------------
+    # running
+
+    def _prepare(self, x, lengths, state, check_finite):
+        x, unbatched = as_sequence_input(x, self.input_size, self.dtype, self.batch_first, check_finite)
+        T, N, _ = x.shape
+        H, D = self.hidden_size, self.num_directions
+        widest = max(4 * H, self.input_size, D * H, self.output_size or 0)
+        check_blas_size(T * N * widest)
+        lengths, ragged = as_lengths(lengths, T, N)
+        h, c = as_state(state, "state", self.num_layers * D, N, H, self.dtype, unbatched, check_finite)
+        return x, unbatched, lengths, ragged, h, c
+
+    def _run(self, x, lengths, ragged, h, c, training):
+        """Forward through every layer. h, c (L*D, N, H) are updated in place
+        to the final state. Returns (y (T, N, O or D*H), per-layer records)."""
+        T, N, _ = x.shape
+        H, D = self.hidden_size, self.num_directions
+        dt = self.dtype
+        empty = np.empty((0, 0, 0), dt)
+        rec = np.empty((N, 4 * H), dt)
+        gates = None if training else np.empty((T, N, 4 * H), dt)
+        layers = []
+        inp = x
+        for layer in range(self.num_layers):
+            out = np.zeros((T, N, D * H), dt)
+            record = []
+            for d in range(D):
+                k = layer * D + d
+                w_x, w_h, bias, peep = self._packed[k]
+                if training:
+                    gates = np.empty((T, N, 4 * H), dt)
+                    c_all = np.empty((T, N, H), dt)
+                    h_prev_all = np.empty((T, N, H), dt)
+                else:
+                    c_all = h_prev_all = empty
+                _lstm.lstm_forward(inp, w_x, w_h, bias, self._no_peep if peep is None else peep,
+                                   lengths, d == 1, h[k], c[k], out, d * H,
+                                   gates, c_all, h_prev_all, rec)
+                record.append((gates, c_all, h_prev_all))
+            layers.append((inp, record))
+            inp = out
+        top = inp
+        if self.output_size is None:
+            return top, top, layers
+        w_fc = _view(self.flat, *self._fc_w)
+        b_fc = _view(self.flat, *self._fc_b)
+        y = np.empty((T, N, self.output_size), dt)
+        _lstm.linear_forward(top.reshape(T * N, D * H), w_fc, b_fc, y.reshape(T * N, -1))
+        if ragged:
+            y[_padding_mask(lengths, T)] = 0
+        return y, top, layers
+
+    def _to_user(self, y, unbatched):
+        """Time-major (T, N, ...) -> the caller's layout."""
+        if unbatched:
+            return y[:, 0]
+        if self.batch_first:
+            return np.ascontiguousarray(y.transpose(1, 0, 2))
+        return y
+
+    def _state_to_user(self, h, c, unbatched):
+        if unbatched:
+            return h[:, 0], c[:, 0]
+        return h, c
+
+    def predict(self, x, lengths=None, state=None, return_state=False, check_finite=True):
+        """Run the network for inference.
+
+        Parameters
+        ----------
+        x : array_like (T, N, I), or (N, T, I) with batch_first, or (T, I)
+            Input sequences; converted to the network's dtype.
+        lengths : array_like of int (N,), optional
+            Valid steps per sequence, 1 <= l <= T; padded steps give zeros.
+        state : (h0, c0), optional
+            Initial state, each (L*D, N, H) ((L*D, H) for unbatched x),
+            ordered layer-major then direction. Zeros when omitted.
+        return_state : bool
+            Also return the final (h_n, c_n), e.g. to carry across chunks.
+        check_finite : bool
+            Refuse NaN or inf in x and state.
+
+        Returns
+        -------
+        y : ndarray (T, N, O) with a head, else (T, N, D*H) (laid out like x)
+        state : (h_n, c_n), only with return_state
+        """
+        x, unbatched, lengths, ragged, h, c = self._prepare(x, lengths, state, check_finite)
+        y, _, _ = self._run(x, lengths, ragged, h, c, training=False)
+        y = self._to_user(y, unbatched)
+        if return_state:
+            return y, self._state_to_user(h, c, unbatched)
+        return y
+
+    def forward(self, x, lengths=None, state=None, check_finite=True):
+        """Training forward pass: like :meth:`predict`, but keeps what
+        :meth:`backward` needs.
+
+        Returns
+        -------
+        y : ndarray, as from predict
+        cache : Cache
+            Pass to :meth:`backward`; ``cache.state`` is the final (h_n, c_n).
+        """
+        x, unbatched, lengths, ragged, h, c = self._prepare(x, lengths, state, check_finite)
+        c0 = c.copy()
+        y, top, layers = self._run(x, lengths, ragged, h, c, training=True)
+        y_user = self._to_user(y, unbatched)
+        cache = Cache(net=self, layers=layers, top=top, c0=c0, lengths=lengths,
+                      ragged=ragged, unbatched=unbatched, y_shape=y_user.shape,
+                      state_shape=h.shape, state=self._state_to_user(h, c, unbatched))
+        return y_user, cache
+
+    def backward(self, dy, cache, dstate=None, check_finite=True):
+        """Exact gradients by backpropagation through time.
+
+        Parameters
+        ----------
+        dy : array_like
+            dL/dy, the shape of y from :meth:`forward`.
+        cache : Cache
+            From :meth:`forward` on this network, with the parameters
+            unchanged since.
+        dstate : (dh_n, dc_n), optional
+            dL/d(final state), shaped like a state, for losses on the final
+            state or truncated BPTT. Zeros when omitted.
+        check_finite : bool
+            Refuse NaN or inf in dy and dstate.
+
+        Returns
+        -------
+        Gradients
+            ``.flat`` in net.flat's layout, ``grads[name]``, ``.x`` and
+            ``.state`` = (dh0, dc0).
+        """
+        if not isinstance(cache, Cache) or getattr(cache, "net", None) is not self:
+            raise ValueError("cache: expected the cache returned by forward() of this network")
+        dt = self.dtype
+        dy = as_float_array(dy, "dy", dt, check_finite)
+        if dy.shape != cache.y_shape:
+            raise ValueError(f"dy: expected shape {cache.y_shape} (the shape of y), got {dy.shape}")
+        T, N = cache.top.shape[:2]
+        H, D = self.hidden_size, self.num_directions
+        if cache.unbatched:
+            dy = dy[:, None, :]
+        elif self.batch_first:
+            dy = dy.transpose(1, 0, 2)
+        dy = np.array(dy, dtype=dt, order="C", copy=True)
+        if cache.ragged:
+            dy[_padding_mask(cache.lengths, T)] = 0  # padded steps get no gradient
+        dh_n, dc_n = as_state(dstate, "dstate", self.num_layers * D, N, H, dt, cache.unbatched, check_finite)
+
+        flat = np.zeros_like(self.flat)
+        if self.output_size is None:
+            dtop = dy
+        else:
+            dtop = np.empty((T, N, D * H), dt)
+            _lstm.linear_backward(cache.top.reshape(T * N, D * H), _view(self.flat, *self._fc_w),
+                                  dy.reshape(T * N, -1), dtop.reshape(T * N, D * H),
+                                  _view(flat, *self._fc_w), _view(flat, *self._fc_b))
+        dh0 = np.empty_like(dh_n)
+        dc0 = np.empty_like(dc_n)
+        dgates = np.empty((T, N, 4 * H), dt)
+        drec = np.empty((N, 4 * H), dt)
+        dh_rec = np.empty((N, H), dt)
+        dpeep_unused = np.empty(3 * H, dt)
+        for layer in range(self.num_layers - 1, -1, -1):
+            inp, record = cache.layers[layer]
+            dinp = np.empty(inp.shape, dt)
+            for d in range(D):
+                k = layer * D + d
+                w_x, w_h, _, peep = self._packed[k]
+                dw_x, dw_h, dbias, dpeep = self._slots[k].packed(flat)
+                gates, c_all, h_prev_all = record[d]
+                _lstm.lstm_backward(inp, w_x, w_h, self._no_peep if peep is None else peep,
+                                    cache.lengths, d == 1, cache.c0[k], gates, c_all, h_prev_all,
+                                    dtop, d * H, dh_n[k], dc_n[k], dinp, d == 1,
+                                    dw_x, dw_h, dbias, dpeep_unused if dpeep is None else dpeep,
+                                    dh0[k], dc0[k], dgates, drec, dh_rec)
+            dtop = dinp
+        dx = self._to_user(dtop, cache.unbatched)
+        state = self._state_to_user(dh0, dc0, cache.unbatched)
+        return Gradients(flat, self._named_views(flat), dx, state)
+
+
+def _padding_mask(lengths, T):
+    """(T, N) boolean mask of padded steps, t >= lengths[n]."""
+    return np.arange(T)[:, None] >= lengths[None, :]
