@@ -15,25 +15,63 @@ s < lengths[n]; inactive sequences keep their state and get no output.
 The Python layer validates every shape before calling: bounds checks are off.
 Nothing is allocated here; the caller passes workspaces.
 """
-from libc.math cimport exp, expf, tanh, tanhf
 from libc.string cimport memcpy, memset
 from cython cimport floating
 
 from ._blas cimport gemm, gemv
 
 
-cdef inline floating _sigmoid(floating z) noexcept nogil:
-    if floating is float:
-        return 1.0 / (1.0 + expf(-z))
-    else:
-        return 1.0 / (1.0 + exp(-z))
+cdef extern from "_cell.h" nogil:
+    void lstmx_cell_forward_f32(Py_ssize_t H, float* a, const float* rec,
+                                const float* bias, const float* peep,
+                                float* h, float* c, float* h_out, float* c_out)
+    void lstmx_cell_forward_f64(Py_ssize_t H, double* a, const double* rec,
+                                const double* bias, const double* peep,
+                                double* h, double* c, double* h_out, double* c_out)
+    void lstmx_cell_backward_f32(Py_ssize_t H, const float* act, const float* c_t,
+                                 const float* c_prev, const float* peep,
+                                 const float* dh_out, const float* dh_next,
+                                 float* dc, float* da, float* dpeep)
+    void lstmx_cell_backward_f64(Py_ssize_t H, const double* act, const double* c_t,
+                                 const double* c_prev, const double* peep,
+                                 const double* dh_out, const double* dh_next,
+                                 double* dc, double* da, double* dpeep)
+    float lstmx_expf(float x)
+    float lstmx_sigmoidf(float x)
+    float lstmx_tanhf(float x)
 
 
-cdef inline floating _tanh(floating z) noexcept nogil:
+cdef inline void _cell_forward(Py_ssize_t H, floating* a, const floating* rec,
+                               const floating* bias, const floating* peep,
+                               floating* h, floating* c, floating* h_out,
+                               floating* c_out) noexcept nogil:
+    """One step of one sequence: the elementwise cell of _cell.c."""
     if floating is float:
-        return tanhf(z)
+        lstmx_cell_forward_f32(H, a, rec, bias, peep, h, c, h_out, c_out)
     else:
-        return tanh(z)
+        lstmx_cell_forward_f64(H, a, rec, bias, peep, h, c, h_out, c_out)
+
+
+cdef inline void _cell_backward(Py_ssize_t H, const floating* act,
+                                const floating* c_t, const floating* c_prev,
+                                const floating* peep, const floating* dh_out,
+                                const floating* dh_next, floating* dc,
+                                floating* da, floating* dpeep) noexcept nogil:
+    """Gate derivatives of one step of one sequence: see _cell.c."""
+    if floating is float:
+        lstmx_cell_backward_f32(H, act, c_t, c_prev, peep, dh_out, dh_next, dc, da, dpeep)
+    else:
+        lstmx_cell_backward_f64(H, act, c_t, c_prev, peep, dh_out, dh_next, dc, da, dpeep)
+
+
+def _activations_f32(const float[::1] z, float[::1] exp_out,
+                     float[::1] sigmoid_out, float[::1] tanh_out):
+    """Test hook: the float32 exp, sigmoid and tanh of the cell kernels."""
+    cdef Py_ssize_t k
+    for k in range(z.shape[0]):
+        exp_out[k] = lstmx_expf(z[k])
+        sigmoid_out[k] = lstmx_sigmoidf(z[k])
+        tanh_out[k] = lstmx_tanhf(z[k])
 
 
 cdef inline Py_ssize_t _time(Py_ssize_t s, Py_ssize_t length, bint reverse) noexcept nogil:
@@ -43,39 +81,6 @@ cdef inline Py_ssize_t _time(Py_ssize_t s, Py_ssize_t length, bint reverse) noex
 
 # --------------------------------------------------------------------------
 # forward
-
-cdef void _cell_forward(Py_ssize_t H, floating* a, const floating* rec,
-                        const floating* bias, const floating* peep,
-                        floating* h, floating* c, floating* h_out,
-                        floating* c_out, bint training) noexcept nogil:
-    """One step of one sequence (DESIGN.md section 1).
-
-    a: (4H,) input projection x_t W_x^T of this row; becomes the activated
-    gates i, f, g, o when training. rec: (4H,) h_{t-1} W_h^T. h, c: (H,)
-    state, updated in place. h_out: (H,) where h_t goes. c_out: (H,) where
-    c_t is kept for backward (training only).
-    """
-    cdef Py_ssize_t j
-    cdef floating c_prev, i, f, g, o, c_t, h_t
-    for j in range(H):
-        c_prev = c[j]
-        i = _sigmoid(a[j] + rec[j] + bias[j] + peep[j] * c_prev)
-        f = _sigmoid(a[H + j] + rec[H + j] + bias[H + j] + peep[H + j] * c_prev)
-        g = _tanh(a[2 * H + j] + rec[2 * H + j] + bias[2 * H + j])
-        c_t = f * c_prev + i * g
-        # the output gate's peephole sees c_t, not c_{t-1}
-        o = _sigmoid(a[3 * H + j] + rec[3 * H + j] + bias[3 * H + j] + peep[2 * H + j] * c_t)
-        h_t = o * _tanh(c_t)
-        c[j] = c_t
-        h[j] = h_t
-        h_out[j] = h_t
-        if training:
-            a[j] = i
-            a[H + j] = f
-            a[2 * H + j] = g
-            a[3 * H + j] = o
-            c_out[j] = c_t
-
 
 cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
                    const floating* x, const floating* w_x,
@@ -121,7 +126,7 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
                 memcpy(h_prev_all + row * H, h + n * H, H * sizeof(floating))
             _cell_forward(H, gates + row * G, rec + n * G, bias, peep,
                           h + n * H, c + n * H, out + row * ld_out,
-                          c_all + row * H if training else NULL, training)
+                          c_all + row * H if training else NULL)
 
 
 def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
@@ -152,44 +157,6 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
 
 # --------------------------------------------------------------------------
 # backward
-
-cdef void _cell_backward(Py_ssize_t H, const floating* act,
-                         const floating* c_t, const floating* c_prev,
-                         const floating* peep, const floating* dh_out,
-                         const floating* dh_next, floating* dc,
-                         floating* da, floating* dpeep) noexcept nogil:
-    """Gate derivatives of one step of one sequence (seed 002 + peepholes).
-
-    act: (4H,) activated i, f, g, o. dh_out: (H,) dL/dh_t from above;
-    dh_next: (H,) dL/dh_t through the recurrence. dc: (H,) dL/dc_t from
-    step t+1 in, dL/dc_{t-1} out. da: (4H,) pre-activation gradients out.
-    dpeep: (3H,) accumulated.
-    """
-    cdef Py_ssize_t j
-    cdef floating i, f, g, o, tc, dh, d_c, da_i, da_f, da_g, da_o
-    for j in range(H):
-        i = act[j]
-        f = act[H + j]
-        g = act[2 * H + j]
-        o = act[3 * H + j]
-        tc = _tanh(c_t[j])
-        dh = dh_out[j] + dh_next[j]
-        da_o = dh * tc * o * (1 - o)
-        # dc_t: from h_t = o tanh(c_t), from c_{t+1}, and from o's peephole
-        d_c = dc[j] + dh * o * (1 - tc * tc) + peep[2 * H + j] * da_o
-        da_i = d_c * g * i * (1 - i)
-        da_f = d_c * c_prev[j] * f * (1 - f)
-        da_g = d_c * i * (1 - g * g)
-        # dc_{t-1}: through f and through the i and f peepholes
-        dc[j] = d_c * f + peep[j] * da_i + peep[H + j] * da_f
-        da[j] = da_i
-        da[H + j] = da_f
-        da[2 * H + j] = da_g
-        da[3 * H + j] = da_o
-        dpeep[j] += da_i * c_prev[j]
-        dpeep[H + j] += da_f * c_prev[j]
-        dpeep[2 * H + j] += da_o * c_t[j]
-
 
 cdef void _backward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
                     const floating* x, const floating* w_x,

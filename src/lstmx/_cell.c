@@ -1,0 +1,187 @@
+/* Elementwise LSTM cell kernels (DESIGN.md section 1; seed 002 + peepholes).
+ *
+ * One call computes one step of one sequence over its H units. The loops are
+ * written so that the compiler vectorizes them: restrict pointers, no calls
+ * but inline arithmetic. On x86-64 Linux each kernel is also built for AVX2 +
+ * FMA and chosen at load time (target_clones), so one portable wheel runs
+ * the wide code where the CPU has it.
+ *
+ * float64 uses libm's exp and tanh: it is the reference precision.
+ * float32 uses the polynomial exp below, as glibc's scalar expf (~5 ns per
+ * call here) dominated the step at hidden 64; tests/test_activations.py
+ * bounds its error against float64 libm.
+ *
+ * Gate order in a, act and da is i, f, g (the cell input), o; peep is
+ * p_i, p_f, p_o (zeros for a network without peepholes).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "_cell.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define LSTMX_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define LSTMX_CLONES
+#endif
+
+#if defined(__GNUC__)
+#define LSTMX_INLINE __attribute__((always_inline))
+#else
+#define LSTMX_INLINE
+#endif
+
+/* ---- float32 activations ------------------------------------------------ */
+
+/* e^x: x = n ln2 + r with |r| <= ln2/2, e^r by its Taylor polynomial to r^7
+ * (truncation < 6e-9 relative), 2^n put into the exponent bits. x is clamped
+ * to [-87, 88] so that 2^n stays a normal float: e^-87 is below float's
+ * resolution of anything it is added to here, e^88 < FLT_MAX. */
+static inline LSTMX_INLINE float exp_f32(float x)
+{
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    /* round x / ln2 to nearest by the 1.5 * 2^23 trick (|x / ln2| < 2^22) */
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    /* ln2 split so that n * LN2_HI is exact */
+    float r = x - n * 0.693145751953125f;
+    r = r - n * 1.42860682030941723212e-6f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static inline LSTMX_INLINE float sigmoid_f32(float x)
+{
+    return 1.0f / (1.0f + exp_f32(-x));
+}
+
+/* tanh x: for |x| < 0.25 its Taylor series to x^9 (truncation < 2e-8
+ * relative); above, 1 - 2 / (e^{2|x|} + 1). */
+static inline LSTMX_INLINE float tanh_f32(float x)
+{
+    float ax = fabsf(x);
+    float big = 1.0f - 2.0f / (exp_f32(2.0f * ax) + 1.0f);
+    float x2 = x * x;
+    float small = 62.0f / 2835.0f;
+    small = small * x2 - 17.0f / 315.0f;
+    small = small * x2 + 2.0f / 15.0f;
+    small = small * x2 - 1.0f / 3.0f;
+    small = small * x2 + 1.0f;
+    small = small * ax;
+    return copysignf(ax < 0.25f ? small : big, x);
+}
+
+float lstmx_expf(float x) { return exp_f32(x); }
+float lstmx_sigmoidf(float x) { return sigmoid_f32(x); }
+float lstmx_tanhf(float x) { return tanh_f32(x); }
+
+/* ---- float64 activations: libm ------------------------------------------ */
+
+static inline double sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
+static inline double tanh_f64(double x) { return tanh(x); }
+
+/* ---- the cell ------------------------------------------------------------ */
+
+/* Forward, one step (DESIGN.md section 1):
+ *   i = s(a_i + p_i c_prev)   f = s(a_f + p_f c_prev)   g = tanh(a_g)
+ *   c = f c_prev + i g        o = s(a_o + p_o c)        h = o tanh(c)
+ * with a = x_t W_x^T (in a) + h_prev W_h^T (rec) + bias.
+ * a (4H): in, overwritten with the activated i, f, g, o when c_out is not
+ * NULL (training), else left as it was. h, c (H): state, updated in place.
+ * h_out (H): where h_t goes. c_out (H): where c_t is kept, or NULL. */
+#define LSTMX_CELL_FORWARD(T, SFX)                                            \
+LSTMX_CLONES void lstmx_cell_forward_##SFX(                                   \
+    ptrdiff_t H, T *restrict a, const T *restrict rec,                        \
+    const T *restrict bias, const T *restrict peep, T *restrict h,            \
+    T *restrict c, T *restrict h_out, T *restrict c_out)                      \
+{                                                                             \
+    if (c_out) {                                                              \
+        for (ptrdiff_t j = 0; j < H; j++) {                                   \
+            T c_prev = c[j];                                                  \
+            T i = sigmoid_##SFX(a[j] + rec[j] + bias[j] + peep[j] * c_prev);  \
+            T f = sigmoid_##SFX(a[H + j] + rec[H + j] + bias[H + j]           \
+                                + peep[H + j] * c_prev);                      \
+            T g = tanh_##SFX(a[2 * H + j] + rec[2 * H + j] + bias[2 * H + j]);\
+            T c_t = f * c_prev + i * g;                                       \
+            T o = sigmoid_##SFX(a[3 * H + j] + rec[3 * H + j]                 \
+                                + bias[3 * H + j] + peep[2 * H + j] * c_t);   \
+            T h_t = o * tanh_##SFX(c_t);                                      \
+            c[j] = c_t;                                                       \
+            h[j] = h_t;                                                       \
+            h_out[j] = h_t;                                                   \
+            a[j] = i;                                                         \
+            a[H + j] = f;                                                     \
+            a[2 * H + j] = g;                                                 \
+            a[3 * H + j] = o;                                                 \
+            c_out[j] = c_t;                                                   \
+        }                                                                     \
+    } else {                                                                  \
+        for (ptrdiff_t j = 0; j < H; j++) {                                   \
+            T c_prev = c[j];                                                  \
+            T i = sigmoid_##SFX(a[j] + rec[j] + bias[j] + peep[j] * c_prev);  \
+            T f = sigmoid_##SFX(a[H + j] + rec[H + j] + bias[H + j]           \
+                                + peep[H + j] * c_prev);                      \
+            T g = tanh_##SFX(a[2 * H + j] + rec[2 * H + j] + bias[2 * H + j]);\
+            T c_t = f * c_prev + i * g;                                       \
+            T o = sigmoid_##SFX(a[3 * H + j] + rec[3 * H + j]                 \
+                                + bias[3 * H + j] + peep[2 * H + j] * c_t);   \
+            T h_t = o * tanh_##SFX(c_t);                                      \
+            c[j] = c_t;                                                       \
+            h[j] = h_t;                                                       \
+            h_out[j] = h_t;                                                   \
+        }                                                                     \
+    }                                                                         \
+}
+
+/* Backward, one step (seed 002 eqs 2-10, plus the peephole terms):
+ *   dh    = dh_out + dh_next                 (from above, from step t+1)
+ *   da_o  = dh tanh(c) o (1 - o)
+ *   dc_t  = dc + dh o (1 - tanh^2 c) + p_o da_o
+ *   da_i  = dc_t g i (1 - i)    da_f = dc_t c_prev f (1 - f)
+ *   da_g  = dc_t i (1 - g^2)
+ *   dc_prev = dc_t f + p_i da_i + p_f da_f
+ *   dp_i += da_i c_prev   dp_f += da_f c_prev   dp_o += da_o c_t
+ * act (4H): activated i, f, g, o. dc (H): dL/dc_t in, dL/dc_{t-1} out.
+ * da (4H): out. dpeep (3H): accumulated. */
+#define LSTMX_CELL_BACKWARD(T, SFX)                                           \
+LSTMX_CLONES void lstmx_cell_backward_##SFX(                                  \
+    ptrdiff_t H, const T *restrict act, const T *restrict c_t,                \
+    const T *restrict c_prev, const T *restrict peep,                         \
+    const T *restrict dh_out, const T *restrict dh_next, T *restrict dc,      \
+    T *restrict da, T *restrict dpeep)                                        \
+{                                                                             \
+    for (ptrdiff_t j = 0; j < H; j++) {                                       \
+        T i = act[j], f = act[H + j], g = act[2 * H + j], o = act[3 * H + j]; \
+        T tc = tanh_##SFX(c_t[j]);                                            \
+        T dh = dh_out[j] + dh_next[j];                                        \
+        T da_o = dh * tc * o * (1 - o);                                       \
+        T d_c = dc[j] + dh * o * (1 - tc * tc) + peep[2 * H + j] * da_o;      \
+        T da_i = d_c * g * i * (1 - i);                                       \
+        T da_f = d_c * c_prev[j] * f * (1 - f);                               \
+        T da_g = d_c * i * (1 - g * g);                                       \
+        dc[j] = d_c * f + peep[j] * da_i + peep[H + j] * da_f;                \
+        da[j] = da_i;                                                         \
+        da[H + j] = da_f;                                                     \
+        da[2 * H + j] = da_g;                                                 \
+        da[3 * H + j] = da_o;                                                 \
+        dpeep[j] += da_i * c_prev[j];                                         \
+        dpeep[H + j] += da_f * c_prev[j];                                     \
+        dpeep[2 * H + j] += da_o * c_t[j];                                    \
+    }                                                                         \
+}
+
+LSTMX_CELL_FORWARD(float, f32)
+LSTMX_CELL_FORWARD(double, f64)
+LSTMX_CELL_BACKWARD(float, f32)
+LSTMX_CELL_BACKWARD(double, f64)

@@ -1,0 +1,25 @@
+/* Elementwise LSTM cell kernels: one step of one sequence, H units.
+ * Definitions and the equations they implement are in _cell.c. */
+#ifndef LSTMX_CELL_H
+#define LSTMX_CELL_H
+
+#include <stddef.h>
+
+#define LSTMX_DECLARE_CELL(T, SFX)                                            \
+    void lstmx_cell_forward_##SFX(ptrdiff_t H, T *a, const T *rec,           \
+                                  const T *bias, const T *peep, T *h, T *c,  \
+                                  T *h_out, T *c_out);                       \
+    void lstmx_cell_backward_##SFX(ptrdiff_t H, const T *act, const T *c_t,  \
+                                   const T *c_prev, const T *peep,           \
+                                   const T *dh_out, const T *dh_next, T *dc, \
+                                   T *da, T *dpeep);
+
+LSTMX_DECLARE_CELL(float, f32)
+LSTMX_DECLARE_CELL(double, f64)
+
+/* The float32 activations, exported for the tests of their error bound. */
+float lstmx_expf(float x);
+float lstmx_sigmoidf(float x);
+float lstmx_tanhf(float x);
+
+#endif
