@@ -10,6 +10,7 @@ laid out in that order, layer after layer, direction fw then bw, followed by
 the head's weights (O, D*H) and biases (O,). Gradients use the same layout.
 """
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -236,6 +237,11 @@ class LSTM:
     # ------------------------------------------------------------------
     # running
 
+    def _kernel_params(self, k):
+        """(w_x, w_h, bias, peep) of slot k as the kernels take them."""
+        w_x, w_h, bias, peep = self._packed[k]
+        return w_x, w_h, bias, self._no_peep if peep is None else peep
+
     def _prepare(self, x, lengths, state, check_finite):
         x, unbatched = as_sequence_input(x, self.input_size, self.dtype, self.batch_first, check_finite)
         T, N, _ = x.shape
@@ -253,26 +259,22 @@ class LSTM:
         H, D = self.hidden_size, self.num_directions
         dt = self.dtype
         empty = np.empty((0, 0, 0), dt)
-        rec = np.empty((N, 4 * H), dt)
-        gates = None if training else np.empty((T, N, 4 * H), dt)
+        rec = [np.empty((N, 4 * H), dt) for _ in range(D)]
+        gates = None if training else [np.empty((T, N, 4 * H), dt) for _ in range(D)]
         layers = []
         inp = x
         for layer in range(self.num_layers):
             out = np.zeros((T, N, D * H), dt)
-            record = []
-            for d in range(D):
-                k = layer * D + d
-                w_x, w_h, bias, peep = self._packed[k]
-                if training:
-                    gates = np.empty((T, N, 4 * H), dt)
-                    c_all = np.empty((T, N, H), dt)
-                    h_prev_all = np.empty((T, N, H), dt)
-                else:
-                    c_all = h_prev_all = empty
-                _lstm.lstm_forward(inp, w_x, w_h, bias, self._no_peep if peep is None else peep,
-                                   lengths, d == 1, h[k], c[k], out, d * H,
-                                   gates, c_all, h_prev_all, rec)
-                record.append((gates, c_all, h_prev_all))
+            if training:
+                record = [(np.empty((T, N, 4 * H), dt), np.empty((T, N, H), dt),
+                           np.empty((T, N, H), dt)) for _ in range(D)]
+            else:
+                record = [(gates[d], empty, empty) for d in range(D)]
+            # The directions are independent and the kernels release the
+            # GIL: the reverse one runs on a second thread.
+            _per_direction(D, lambda d: _lstm.lstm_forward(
+                inp, *self._kernel_params(layer * D + d), lengths, d == 1,
+                h[layer * D + d], c[layer * D + d], out, d * H, *record[d], rec[d]))
             layers.append((inp, record))
             inp = out
         top = inp
@@ -396,27 +398,48 @@ class LSTM:
                                   _view(flat, *self._fc_w), _view(flat, *self._fc_b))
         dh0 = np.empty_like(dh_n)
         dc0 = np.empty_like(dc_n)
-        dgates = np.empty((T, N, 4 * H), dt)
-        drec = np.empty((N, 4 * H), dt)
-        dh_rec = np.empty((N, H), dt)
-        dpeep_unused = np.empty(3 * H, dt)
+        work = [(np.empty((T, N, 4 * H), dt), np.empty((N, 4 * H), dt), np.empty((N, H), dt))
+                for _ in range(D)]
+        unused_dpeep = [np.empty(3 * H, dt) for _ in range(D)]   # no peepholes: discarded
         for layer in range(self.num_layers - 1, -1, -1):
             inp, record = cache.layers[layer]
-            dinp = np.empty(inp.shape, dt)
-            for d in range(D):
+            # Each direction writes its own dL/d(input); they are summed after.
+            dinp = [np.empty(inp.shape, dt) for _ in range(D)]
+
+            def run(d, layer=layer, inp=inp, record=record, dinp=dinp):
                 k = layer * D + d
-                w_x, w_h, _, peep = self._packed[k]
+                w_x, w_h, _, peep = self._kernel_params(k)
                 dw_x, dw_h, dbias, dpeep = self._slots[k].packed(flat)
-                gates, c_all, h_prev_all = record[d]
-                _lstm.lstm_backward(inp, w_x, w_h, self._no_peep if peep is None else peep,
-                                    cache.lengths, d == 1, cache.c0[k], gates, c_all, h_prev_all,
-                                    dtop, d * H, dh_n[k], dc_n[k], dinp, d == 1,
-                                    dw_x, dw_h, dbias, dpeep_unused if dpeep is None else dpeep,
-                                    dh0[k], dc0[k], dgates, drec, dh_rec)
-            dtop = dinp
+                _lstm.lstm_backward(inp, w_x, w_h, peep, cache.lengths, d == 1, cache.c0[k],
+                                    *record[d], dtop, d * H, dh_n[k], dc_n[k], dinp[d], False,
+                                    dw_x, dw_h, dbias, unused_dpeep[d] if dpeep is None else dpeep,
+                                    dh0[k], dc0[k], *work[d])
+
+            _per_direction(D, run)
+            dtop = dinp[0]
+            if D == 2:
+                dtop += dinp[1]
         dx = self._to_user(dtop, cache.unbatched)
         state = self._state_to_user(dh0, dc0, cache.unbatched)
         return Gradients(flat, self._named_views(flat), dx, state)
+
+
+_pool = None
+
+
+def _per_direction(D, run):
+    """run(d) for each direction d, the reverse one on a second thread."""
+    global _pool
+    if D == 1:
+        run(0)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lstmx")
+    reverse = _pool.submit(run, 1)
+    try:
+        run(0)
+    finally:
+        reverse.result()
 
 
 def _padding_mask(lengths, T):
