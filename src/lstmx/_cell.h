@@ -17,6 +17,16 @@
 LSTMX_DECLARE_CELL(float, f32)
 LSTMX_DECLARE_CELL(double, f64)
 
+/* Recurrent matrix-vector products of one step, N = 1 (see _cell.c). */
+#define LSTMX_DECLARE_MATVEC(T, SFX)                                          \
+    void lstmx_matvec_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W,            \
+                            const T *x, T *y);                               \
+    void lstmx_matvec_t_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W,          \
+                              const T *x, T *y);
+
+LSTMX_DECLARE_MATVEC(float, f32)
+LSTMX_DECLARE_MATVEC(double, f64)
+
 /* The float32 activations, exported for the tests of their error bound. */
 float lstmx_expf(float x);
 float lstmx_sigmoidf(float x);

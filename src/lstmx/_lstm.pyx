@@ -18,7 +18,7 @@ Nothing is allocated here; the caller passes workspaces.
 from libc.string cimport memcpy, memset
 from cython cimport floating
 
-from ._blas cimport gemm, gemv
+from ._blas cimport gemm
 
 
 cdef extern from "_cell.h" nogil:
@@ -36,6 +36,14 @@ cdef extern from "_cell.h" nogil:
                                  const double* c_prev, const double* peep,
                                  const double* dh_out, const double* dh_next,
                                  double* dc, double* da, double* dpeep)
+    void lstmx_matvec_f32(Py_ssize_t M, Py_ssize_t K, const float* W,
+                          const float* x, float* y)
+    void lstmx_matvec_f64(Py_ssize_t M, Py_ssize_t K, const double* W,
+                          const double* x, double* y)
+    void lstmx_matvec_t_f32(Py_ssize_t M, Py_ssize_t K, const float* W,
+                            const float* x, float* y)
+    void lstmx_matvec_t_f64(Py_ssize_t M, Py_ssize_t K, const double* W,
+                            const double* x, double* y)
     float lstmx_expf(float x)
     float lstmx_sigmoidf(float x)
     float lstmx_tanhf(float x)
@@ -82,28 +90,55 @@ cdef inline Py_ssize_t _time(Py_ssize_t s, Py_ssize_t length, bint reverse) noex
 # --------------------------------------------------------------------------
 # forward
 
-cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
-                   const floating* x, const floating* w_x,
+cdef inline void _matvec(Py_ssize_t M, Py_ssize_t K, const floating* W,
+                         const floating* x, floating* y) noexcept nogil:
+    """y (M) = W (M, K) x, single-threaded (_cell.c)."""
+    if floating is float:
+        lstmx_matvec_f32(M, K, W, x, y)
+    else:
+        lstmx_matvec_f64(M, K, W, x, y)
+
+
+cdef inline void _matvec_t(Py_ssize_t M, Py_ssize_t K, const floating* W,
+                           const floating* x, floating* y) noexcept nogil:
+    """y (K) = W^T x with W (M, K), single-threaded (_cell.c)."""
+    if floating is float:
+        lstmx_matvec_t_f32(M, K, W, x, y)
+    else:
+        lstmx_matvec_t_f64(M, K, W, x, y)
+
+
+def lstm_project(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
+                 floating[:, :, ::1] gates):
+    """Input projection of all T*N rows in one GEMM: gates = X W_x^T.
+
+    x (T, N, I); w_x (4H, I); gates (T, N, 4H) out. The bias is added by the
+    cell. Run before the recurrence, from one thread: BLAS may use several.
+    """
+    cdef int R = x.shape[0] * x.shape[1], I = x.shape[2], G = w_x.shape[0]
+    with nogil:
+        gemm(False, True, R, G, I, <floating>1.0, &x[0, 0, 0], I,
+             &w_x[0, 0], I, <floating>0.0, &gates[0, 0, 0], G)
+
+
+cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
                    const floating* w_h, const floating* bias,
                    const floating* peep, const int* lengths, bint reverse,
                    floating* h, floating* c,
                    floating* out, Py_ssize_t ld_out,
                    floating* gates, floating* c_all, floating* h_prev_all,
                    floating* rec) noexcept nogil:
-    """One direction of one layer over T steps.
+    """The recurrence of one direction of one layer over T steps.
 
-    x (T, N, I); h, c (N, H): initial state in, final state out;
-    out: h_t of row r goes to out + r * ld_out; gates (T, N, 4H) workspace
-    (activated gates after a training run); c_all, h_prev_all (T, N, H):
-    c_t and h_{t-1} per row, kept for backward, or NULL for inference;
-    rec (N, 4H) workspace.
+    gates (T, N, 4H): the input projection in, the activated gates out when
+    training; h, c (N, H): initial state in, final state out; out: h_t of
+    row r goes to out + r * ld_out; c_all, h_prev_all (T, N, H): c_t and
+    h_{t-1} per row, kept for backward, or NULL for inference; rec (N, 4H)
+    workspace.
     """
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t s, n, t, row
     cdef bint training = c_all != NULL
-    # Input projection of all T*N rows in one GEMM: gates = X W_x^T.
-    gemm(False, True, <int>(T * N), <int>G, <int>I, <floating>1.0, x, <int>I,
-         w_x, <int>I, <floating>0.0, gates, <int>G)
     if training:
         # Padded rows must be zero for backward's GEMMs over all rows.
         for n in range(N):
@@ -112,8 +147,7 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     for s in range(T):
         # Recurrent term of all sequences: rec = h_{t-1} W_h^T.
         if N == 1:
-            gemv(False, <int>G, <int>H, <floating>1.0, w_h, <int>H, h,
-                 <floating>0.0, rec)
+            _matvec(G, H, w_h, h, rec)
         else:
             gemm(False, True, <int>N, <int>G, <int>H, <floating>1.0, h, <int>H,
                  w_h, <int>H, <floating>0.0, rec, <int>G)
@@ -129,56 +163,49 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
                           c_all + row * H if training else NULL)
 
 
-def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
-                 const floating[:, ::1] w_h, const floating[::1] bias,
+def lstm_forward(const floating[:, ::1] w_h, const floating[::1] bias,
                  const floating[::1] peep, const int[::1] lengths,
                  bint reverse, floating[:, ::1] h, floating[:, ::1] c,
                  floating[:, :, ::1] out, Py_ssize_t out_col,
                  floating[:, :, ::1] gates, floating[:, :, ::1] c_all,
                  floating[:, :, ::1] h_prev_all, floating[:, ::1] rec):
-    """Run one direction of one layer; see ``_forward``.
+    """Run the recurrence of one direction of one layer; see ``_forward``.
 
-    x (T, N, I); w_x (4H, I); w_h (4H, H); bias (4H,); peep (3H,) (zeros for
-    no peepholes); lengths (N,) int32; h, c (N, H) in/out; out (T, N, D*H),
-    this direction's h_t written to columns out_col:out_col+H; gates
-    (T, N, 4H); c_all, h_prev_all (T, N, H) for training or empty (0, 0, 0)
-    for inference; rec (N, 4H).
+    w_h (4H, H); bias (4H,); peep (3H,) (zeros for no peepholes); lengths
+    (N,) int32; h, c (N, H) in/out; out (T, N, D*H), this direction's h_t
+    written to columns out_col:out_col+H; gates (T, N, 4H) from
+    ``lstm_project``; c_all, h_prev_all (T, N, H) for training or empty
+    (0, 0, 0) for inference; rec (N, 4H).
     """
-    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2]
-    cdef Py_ssize_t H = w_h.shape[1]
+    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[1], H = w_h.shape[1]
     cdef floating* c_all_p = &c_all[0, 0, 0] if c_all.shape[0] else NULL
     cdef floating* h_prev_p = &h_prev_all[0, 0, 0] if h_prev_all.shape[0] else NULL
     with nogil:
-        _forward(T, N, I, H, &x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], &bias[0],
-                 &peep[0], &lengths[0], reverse, &h[0, 0], &c[0, 0],
-                 &out[0, 0, out_col], out.shape[2], &gates[0, 0, 0],
-                 c_all_p, h_prev_p, &rec[0, 0])
+        _forward(T, N, H, &w_h[0, 0], &bias[0], &peep[0], &lengths[0], reverse,
+                 &h[0, 0], &c[0, 0], &out[0, 0, out_col], out.shape[2],
+                 &gates[0, 0, 0], c_all_p, h_prev_p, &rec[0, 0])
 
 
 # --------------------------------------------------------------------------
 # backward
 
-cdef void _backward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
-                    const floating* x, const floating* w_x,
+cdef void _backward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
                     const floating* w_h, const floating* peep,
                     const int* lengths, bint reverse, const floating* c0,
                     const floating* gates, const floating* c_all,
-                    const floating* h_prev_all,
                     const floating* dout, Py_ssize_t ld_dout,
                     const floating* dh_n, const floating* dc_n,
-                    floating* dx, floating beta_dx,
-                    floating* dw_x, floating* dw_h, floating* dbias,
-                    floating* dpeep, floating* dh0, floating* dc0,
+                    floating* dbias, floating* dpeep,
+                    floating* dh0, floating* dc0,
                     floating* dgates, floating* drec,
                     floating* dh_rec) noexcept nogil:
-    """Exact BPTT of one direction of one layer.
+    """The recurrence of exact BPTT for one direction of one layer.
 
-    Per step only the elementwise derivatives and dh_{t-1} = da W_h; then
-    dW_x = dA^T X, dW_h = dA^T H_prev, dX = dA W_x and db = sum(dA) as one
-    GEMM or reduction over all T*N rows (seed 002, eqs 11-15).
-    dx (T, N, I) = beta_dx dx + dA W_x; dw_x, dw_h, dbias, dpeep are
-    overwritten. dh0, dc0 (N, H) out. dgates (T, N, 4H), drec (N, 4H),
-    dh_rec (N, H) are workspaces.
+    Per step only the elementwise derivatives and dh_{t-1} = da W_h
+    (seed 002, eq 14); dgates (T, N, 4H) gets every step's da (zero at
+    padded rows) for ``lstm_backward_weights``. dbias (4H,) = sum of da
+    (eq 15) and dpeep (3H,) are overwritten; dh0, dc0 (N, H) out.
+    drec (N, 4H) and dh_rec (N, H) are workspaces.
     """
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t s, n, t, t_prev, row, j, L
@@ -210,59 +237,67 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
             memcpy(dgates + row * G, drec + n * G, G * sizeof(floating))
         # dh_{t-1} = da W_h (seed 002, eq 14)
         if N == 1:
-            gemv(True, <int>G, <int>H, <floating>1.0, w_h, <int>H, drec,
-                 <floating>0.0, dh_rec)
+            _matvec_t(G, H, w_h, drec, dh_rec)
         else:
             gemm(False, False, <int>N, <int>H, <int>G, <floating>1.0, drec,
                  <int>G, w_h, <int>H, <floating>0.0, dh_rec, <int>H)
     memcpy(dh0, dh_rec, N * H * sizeof(floating))
-    # Weight and input gradients over all rows at once.
-    gemm(True, False, <int>G, <int>I, <int>(T * N), <floating>1.0, dgates,
-         <int>G, x, <int>I, <floating>0.0, dw_x, <int>I)
-    gemm(True, False, <int>G, <int>H, <int>(T * N), <floating>1.0, dgates,
-         <int>G, h_prev_all, <int>H, <floating>0.0, dw_h, <int>H)
-    gemm(False, False, <int>(T * N), <int>I, <int>G, <floating>1.0, dgates,
-         <int>G, w_x, <int>I, beta_dx, dx, <int>I)
     memset(dbias, 0, G * sizeof(floating))
     for row in range(T * N):
         for j in range(G):
             dbias[j] += dgates[row * G + j]
 
 
-def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
-                  const floating[:, ::1] w_h, const floating[::1] peep,
+def lstm_backward(const floating[:, ::1] w_h, const floating[::1] peep,
                   const int[::1] lengths, bint reverse,
                   const floating[:, ::1] c0,
                   const floating[:, :, ::1] gates,
                   const floating[:, :, ::1] c_all,
-                  const floating[:, :, ::1] h_prev_all,
                   const floating[:, :, ::1] dout, Py_ssize_t dout_col,
                   const floating[:, ::1] dh_n, const floating[:, ::1] dc_n,
-                  floating[:, :, ::1] dx, bint accumulate_dx,
-                  floating[:, ::1] dw_x, floating[:, ::1] dw_h,
                   floating[::1] dbias, floating[::1] dpeep,
                   floating[:, ::1] dh0, floating[:, ::1] dc0,
                   floating[:, :, ::1] dgates, floating[:, ::1] drec,
                   floating[:, ::1] dh_rec):
-    """Backward of one direction of one layer; see ``_backward``.
+    """The BPTT recurrence of one direction of one layer; see ``_backward``.
 
-    Shapes as in ``lstm_forward``; dout (T, N, D*H) is dL/d(layer output),
-    this direction's columns start at dout_col; dh_n, dc_n (N, H) are
-    dL/d(final state). dx (T, N, I) is overwritten, or added to when
-    accumulate_dx. dgates (T, N, 4H), drec (N, 4H), dh_rec (N, H) are
-    workspaces.
+    gates, c_all from a training ``lstm_forward``; dout (T, N, D*H) is
+    dL/d(layer output), this direction's columns start at dout_col; dh_n,
+    dc_n (N, H) are dL/d(final state). Then call ``lstm_backward_weights``
+    with dgates.
     """
-    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2]
-    cdef Py_ssize_t H = w_h.shape[1]
+    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[1], H = w_h.shape[1]
+    with nogil:
+        _backward(T, N, H, &w_h[0, 0], &peep[0], &lengths[0], reverse,
+                  &c0[0, 0], &gates[0, 0, 0], &c_all[0, 0, 0],
+                  &dout[0, 0, dout_col], dout.shape[2], &dh_n[0, 0],
+                  &dc_n[0, 0], &dbias[0], &dpeep[0], &dh0[0, 0], &dc0[0, 0],
+                  &dgates[0, 0, 0], &drec[0, 0], &dh_rec[0, 0])
+
+
+def lstm_backward_weights(const floating[:, :, ::1] x,
+                          const floating[:, ::1] w_x,
+                          const floating[:, :, ::1] h_prev_all,
+                          const floating[:, :, ::1] dgates,
+                          floating[:, ::1] dw_x, floating[:, ::1] dw_h,
+                          floating[:, :, ::1] dx, bint accumulate_dx):
+    """Weight and input gradients over all T*N rows at once (seed 002,
+    eqs 11-13): dW_x = dA^T X, dW_h = dA^T H_prev, dX = dA W_x.
+
+    x (T, N, I); w_x (4H, I); h_prev_all (T, N, H); dgates (T, N, 4H);
+    dw_x (4H, I), dw_h (4H, H) overwritten; dx (T, N, I) overwritten, or
+    added to when accumulate_dx. Run from one thread: BLAS may use several.
+    """
+    cdef int R = x.shape[0] * x.shape[1], I = x.shape[2]
+    cdef int G = dgates.shape[2], H = h_prev_all.shape[2]
     cdef floating beta = 1.0 if accumulate_dx else 0.0
     with nogil:
-        _backward(T, N, I, H, &x[0, 0, 0], &w_x[0, 0], &w_h[0, 0], &peep[0],
-                  &lengths[0], reverse, &c0[0, 0], &gates[0, 0, 0],
-                  &c_all[0, 0, 0], &h_prev_all[0, 0, 0],
-                  &dout[0, 0, dout_col], dout.shape[2], &dh_n[0, 0],
-                  &dc_n[0, 0], &dx[0, 0, 0], beta, &dw_x[0, 0], &dw_h[0, 0],
-                  &dbias[0], &dpeep[0], &dh0[0, 0], &dc0[0, 0],
-                  &dgates[0, 0, 0], &drec[0, 0], &dh_rec[0, 0])
+        gemm(True, False, G, I, R, <floating>1.0, &dgates[0, 0, 0], G,
+             &x[0, 0, 0], I, <floating>0.0, &dw_x[0, 0], I)
+        gemm(True, False, G, H, R, <floating>1.0, &dgates[0, 0, 0], G,
+             &h_prev_all[0, 0, 0], H, <floating>0.0, &dw_h[0, 0], H)
+        gemm(False, False, R, I, G, <floating>1.0, &dgates[0, 0, 0], G,
+             &w_x[0, 0], I, beta, &dx[0, 0, 0], I)
 
 
 # --------------------------------------------------------------------------
