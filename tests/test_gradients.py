@@ -262,3 +262,21 @@ def test_float32_gradients_close_to_float64(arch, rng):
     np.testing.assert_allclose(g32.x, g64.x, rtol=1e-4, atol=1e-5 * scale)
     np.testing.assert_allclose(g32.state[0], g64.state[0], rtol=1e-4, atol=1e-5 * scale)
     np.testing.assert_allclose(g32.state[1], g64.state[1], rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("hidden", [4, 13, 20], ids=lambda h: f"H{h}")
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_single_sequence_gradients(hidden, bidirectional, rng):
+    """N = 1 runs its own matrix-vector kernels (not BLAS) for the recurrent
+    step, forward and backward; hidden sizes that are not a multiple of the
+    vector width exercise their remainder loops."""
+    arch = Arch(I, hidden, num_layers=2, bidirectional=bidirectional, peephole=True, output_size=O)
+    p = Problem(arch, rng, lengths=None, N_=1, T_=4)
+    grads = p.grads()
+    for name in (f"W_{g}_h_{d}_layer{k}" for g in "ifco" for k in (1, 2)
+                 for d in (("fw", "bw") if bidirectional else ("fw",))):
+        np.testing.assert_allclose(grads[name], central_difference(p.loss, p.net.params[name]),
+                                   rtol=RTOL, atol=ATOL, err_msg=name)
+    np.testing.assert_allclose(grads.x, central_difference(p.loss, p.x), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(grads.state[0], central_difference(p.loss, p.state[0]),
+                               rtol=RTOL, atol=ATOL)
