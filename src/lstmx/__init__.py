@@ -11,5 +11,6 @@ backpropagation through time, in float32 and float64.
 """
 from ._version import __version__
 from .lstm import LSTM, Cache, Gradients
+from .persist import load
 
-__all__ = ["LSTM", "Cache", "Gradients", "__version__"]
+__all__ = ["LSTM", "Cache", "Gradients", "load", "__version__"]

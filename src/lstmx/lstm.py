@@ -225,6 +225,14 @@ class LSTM:
             n = self.flat.size - self._lstm_size
             self.flat[self._lstm_size:] = rng.uniform(-k, k, n)
 
+    def save(self, path):
+        """Write this network to ``path`` as an ``.npz`` of its seed-000
+        arrays plus metadata (no pickle; written exactly at ``path``, no
+        suffix appended); :func:`lstmx.load` reads it back bit-exactly.
+        See :func:`lstmx.persist.save`."""
+        from .persist import save
+        save(self, path)
+
     @property
     def num_parameters(self):
         return self.flat.size
