@@ -9,13 +9,12 @@ names of seed 000 are zero-copy views into it (DESIGN.md section 2). Each
 laid out in that order, layer after layer, direction fw then bw, followed by
 the head's weights (O, D*H) and biases (O,). Gradients use the same layout.
 """
-import os
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import _lstm
+from ._threads import per_direction
 from ._validation import (
     as_float_array,
     as_lengths,
@@ -279,20 +278,18 @@ class LSTM:
                            np.empty((T, N, H), dt)) for _ in range(D)]
             else:
                 record = [(gates[d], empty, empty) for d in range(D)]
-            # Input projections first, from this thread (BLAS may use both
-            # cores); then the recurrences, which are independent: the
-            # kernels release the GIL and the reverse one runs on a second
-            # thread.
-            for d in range(D):
-                _lstm.lstm_project(inp, self._packed[layer * D + d][0], record[d][0])
+            # One direction: its input projection may use every core through
+            # BLAS. Two: each direction's projection and recurrence run on
+            # a thread of its own (see _threads).
 
-            def recur(d, layer=layer, out=out, record=record):
+            def run(d, layer=layer, inp=inp, out=out, record=record):
                 k = layer * D + d
-                _, w_h, bias, peep = self._kernel_params(k)
+                w_x, w_h, bias, peep = self._kernel_params(k)
+                _lstm.lstm_project(inp, w_x, record[d][0])
                 _lstm.lstm_forward(w_h, bias, peep, lengths, d == 1, h[k], c[k],
                                    out, d * H, *record[d], rec[d])
 
-            _per_direction(D, recur)
+            per_direction(D, run)
             layers.append((inp, record))
             inp = out
         top = inp
@@ -422,51 +419,31 @@ class LSTM:
         for layer in range(self.num_layers - 1, -1, -1):
             inp, record = cache.layers[layer]
 
-            # The BPTT recurrences of the two directions run on two threads.
-            def recur(d, layer=layer, record=record):
+            # Each direction's BPTT recurrence, then its weight and input
+            # gradients as GEMMs over all steps; with two directions, on two
+            # threads (see _threads), each with its own dL/d(input).
+            dinp = [np.empty(inp.shape, dt) for _ in range(D)]
+
+            def run(d, layer=layer, inp=inp, record=record, dinp=dinp):
                 k = layer * D + d
-                _, w_h, _, peep = self._kernel_params(k)
-                _, _, dbias, dpeep = self._slots[k].packed(flat)
-                gates, c_all, _ = record[d]
+                w_x, w_h, _, peep = self._kernel_params(k)
+                dw_x, dw_h, dbias, dpeep = self._slots[k].packed(flat)
+                gates, c_all, h_prev_all = record[d]
+                dgates, drec, dh_rec = work[d]
                 _lstm.lstm_backward(w_h, peep, cache.lengths, d == 1, cache.c0[k], gates, c_all,
                                     dtop, d * H, dh_n[k], dc_n[k], dbias,
                                     unused_dpeep[d] if dpeep is None else dpeep,
-                                    dh0[k], dc0[k], *work[d])
+                                    dh0[k], dc0[k], dgates, drec, dh_rec)
+                _lstm.lstm_backward_weights(inp, w_x, h_prev_all, dgates, dw_x, dw_h,
+                                            dinp[d], False)
 
-            _per_direction(D, recur)
-            # Then the GEMMs over all steps, from this thread; the two
-            # directions' dL/d(input) add up.
-            dinp = np.empty(inp.shape, dt)
-            for d in range(D):
-                k = layer * D + d
-                dw_x, dw_h, _, _ = self._slots[k].packed(flat)
-                _lstm.lstm_backward_weights(inp, self._packed[k][0], record[d][2], work[d][0],
-                                            dw_x, dw_h, dinp, d == 1)
-            dtop = dinp
+            per_direction(D, run)
+            dtop = dinp[0]
+            if D == 2:
+                dtop += dinp[1]
         dx = self._to_user(dtop, cache.unbatched)
         state = self._state_to_user(dh0, dc0, cache.unbatched)
         return Gradients(flat, self._named_views(flat), dx, state)
-
-
-_pool = None
-_pool_pid = None
-
-
-def _per_direction(D, run):
-    """run(d) for each direction d, the reverse one on a second thread."""
-    global _pool, _pool_pid
-    if D == 1:
-        run(0)
-        return
-    if _pool is None or _pool_pid != os.getpid():
-        # (a forked child inherits the pool but not its thread: make anew)
-        _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lstmx")
-        _pool_pid = os.getpid()
-    reverse = _pool.submit(run, 1)
-    try:
-        run(0)
-    finally:
-        reverse.result()
 
 
 def _padding_mask(lengths, T):
