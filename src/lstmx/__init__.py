@@ -11,6 +11,7 @@ backpropagation through time, in float32 and float64.
 """
 from ._version import __version__
 from .lstm import LSTM, Cache, Gradients
+from . import losses, optim
 from .persist import load
 
-__all__ = ["LSTM", "Cache", "Gradients", "load", "__version__"]
+__all__ = ["LSTM", "Cache", "Gradients", "losses", "optim", "load", "__version__"]
