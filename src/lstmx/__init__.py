@@ -11,7 +11,8 @@ backpropagation through time, in float32 and float64.
 """
 from ._version import __version__
 from .lstm import LSTM, Cache, Gradients
+from . import io
 from . import losses, optim
 from .persist import load
 
-__all__ = ["LSTM", "Cache", "Gradients", "losses", "optim", "load", "__version__"]
+__all__ = ["LSTM", "Cache", "Gradients", "io", "losses", "optim", "load", "__version__"]
