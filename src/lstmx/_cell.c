@@ -20,7 +20,8 @@
 
 #include "_cell.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+/* target_clones needs GCC and glibc's ifunc (not musl's, not macOS's). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
 #define LSTMX_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define LSTMX_CLONES
@@ -196,6 +197,8 @@ LSTMX_CELL_BACKWARD(double, f64)
  * OpenBLAS held to one thread). The summation order is fixed, so results do
  * not depend on the CPU's vector width. */
 
+#if defined(__GNUC__) && !defined(LSTMX_PLAIN_C)  /* GCC, clang: vector extensions */
+
 #define LSTMX_MATVEC(T, SFX, LANES)                                           \
 typedef T vec_##SFX __attribute__((vector_size(LANES * sizeof(T))));         \
                                                                               \
@@ -289,6 +292,34 @@ LSTMX_CLONES void lstmx_matvec_t_##SFX(ptrdiff_t M, ptrdiff_t K,              \
         for (ptrdiff_t k = 0; k < K; k++)                                     \
             y[k] += x[r] * W[r * K + k];                                      \
 }
+
+#else  /* no vector extensions (MSVC): the same sums, one lane */
+
+#define LSTMX_MATVEC(T, SFX, LANES)                                           \
+LSTMX_CLONES void lstmx_matvec_##SFX(ptrdiff_t M, ptrdiff_t K,                \
+                                     const T *restrict W,                     \
+                                     const T *restrict x, T *restrict y)      \
+{                                                                             \
+    for (ptrdiff_t r = 0; r < M; r++) {                                       \
+        T s = 0;                                                              \
+        for (ptrdiff_t k = 0; k < K; k++)                                     \
+            s += W[r * K + k] * x[k];                                         \
+        y[r] = s;                                                             \
+    }                                                                         \
+}                                                                             \
+                                                                              \
+LSTMX_CLONES void lstmx_matvec_t_##SFX(ptrdiff_t M, ptrdiff_t K,              \
+                                       const T *restrict W,                   \
+                                       const T *restrict x, T *restrict y)    \
+{                                                                             \
+    for (ptrdiff_t k = 0; k < K; k++)                                         \
+        y[k] = 0;                                                             \
+    for (ptrdiff_t r = 0; r < M; r++)                                         \
+        for (ptrdiff_t k = 0; k < K; k++)                                     \
+            y[k] += x[r] * W[r * K + k];                                      \
+}
+
+#endif
 
 LSTMX_MATVEC(float, f32, 8)
 LSTMX_MATVEC(double, f64, 4)
