@@ -98,17 +98,20 @@ static inline double tanh_f64(double x) { return tanh(x); }
  *   i = s(a_i + p_i c_prev)   f = s(a_f + p_f c_prev)   g = tanh(a_g)
  *   c = f c_prev + i g        o = s(a_o + p_o c)        h = o tanh(c)
  * with a = x_t W_x^T (in a) + h_prev W_h^T (rec) + bias.
+ * Units 0..n-1 of H: gate g of unit j is at [g * H + j] in a, rec, bias
+ * and peep (a caller that splits the units offsets the pointers).
  * a (4H): in, overwritten with the activated i, f, g, o when c_out is not
- * NULL (training), else left as it was. h, c (H): state, updated in place.
- * h_out (H): where h_t goes. c_out (H): where c_t is kept, or NULL. */
+ * NULL (training), else left as it was. c (n): state, updated in place.
+ * h, h_out (n): where h_t goes (the next state; the output).
+ * c_out (n): where c_t is kept, or NULL. */
 #define LSTMX_CELL_FORWARD(T, SFX)                                            \
 LSTMX_CLONES void lstmx_cell_forward_##SFX(                                   \
-    ptrdiff_t H, T *restrict a, const T *restrict rec,                        \
+    ptrdiff_t n, ptrdiff_t H, T *restrict a, const T *restrict rec,           \
     const T *restrict bias, const T *restrict peep, T *restrict h,            \
     T *restrict c, T *restrict h_out, T *restrict c_out)                      \
 {                                                                             \
     if (c_out) {                                                              \
-        for (ptrdiff_t j = 0; j < H; j++) {                                   \
+        for (ptrdiff_t j = 0; j < n; j++) {                                   \
             T c_prev = c[j];                                                  \
             T i = sigmoid_##SFX(a[j] + rec[j] + bias[j] + peep[j] * c_prev);  \
             T f = sigmoid_##SFX(a[H + j] + rec[H + j] + bias[H + j]           \
@@ -128,7 +131,7 @@ LSTMX_CLONES void lstmx_cell_forward_##SFX(                                   \
             c_out[j] = c_t;                                                   \
         }                                                                     \
     } else {                                                                  \
-        for (ptrdiff_t j = 0; j < H; j++) {                                   \
+        for (ptrdiff_t j = 0; j < n; j++) {                                   \
             T c_prev = c[j];                                                  \
             T i = sigmoid_##SFX(a[j] + rec[j] + bias[j] + peep[j] * c_prev);  \
             T f = sigmoid_##SFX(a[H + j] + rec[H + j] + bias[H + j]           \
@@ -194,8 +197,9 @@ LSTMX_CELL_BACKWARD(double, f64)
  * rather than by BLAS so that the per-step work is single-threaded and
  * predictable: with scipy's OpenBLAS, the two directions' threads each
  * calling a multithreaded sgemv made seed_infer slower (44 ms vs 31 ms with
- * OpenBLAS held to one thread). The summation order is fixed, so results do
- * not depend on the CPU's vector width. */
+ * OpenBLAS held to one thread). Every row is summed in the same order
+ * whichever rows it is computed with, so a recurrence split between threads
+ * by rows gives the same bits. */
 
 #if defined(__GNUC__) && !defined(LSTMX_PLAIN_C)  /* GCC, clang: vector extensions */
 
@@ -260,13 +264,17 @@ LSTMX_CLONES void lstmx_matvec_##SFX(ptrdiff_t M, ptrdiff_t K,                \
         y[r + 2] = s2;                                                        \
         y[r + 3] = s3;                                                        \
     }                                                                         \
-    for (; r < M; r++) {                                                      \
+    for (; r < M; r++) {  /* the same sums as above, one row */              \
         const T *w0 = W + r * K;                                              \
-        vec_##SFX a0 = {0};                                                   \
+        vec_##SFX a0 = {0}, b0 = {0};                                         \
         ptrdiff_t k = 0;                                                      \
+        for (; k + 2 * LANES <= K; k += 2 * LANES) {                          \
+            a0 += load_##SFX(w0 + k) * load_##SFX(x + k);                     \
+            b0 += load_##SFX(w0 + k + LANES) * load_##SFX(x + k + LANES);     \
+        }                                                                     \
         for (; k + LANES <= K; k += LANES)                                    \
             a0 += load_##SFX(w0 + k) * load_##SFX(x + k);                     \
-        T s0 = hsum_##SFX(a0);                                                \
+        T s0 = hsum_##SFX(a0 + b0);                                           \
         for (; k < K; k++)                                                    \
             s0 += w0[k] * x[k];                                               \
         y[r] = s0;                                                            \
@@ -323,3 +331,28 @@ LSTMX_CLONES void lstmx_matvec_t_##SFX(ptrdiff_t M, ptrdiff_t K,              \
 
 LSTMX_MATVEC(float, f32, 8)
 LSTMX_MATVEC(double, f64, 4)
+
+/* ---- a barrier for the threads that share one recurrence --------------- */
+
+#if LSTMX_HAVE_BARRIER
+#include <sched.h>
+
+/* Sense-reversing barrier over b[0] (arrivals) and b[1] (sense), both 0 at
+ * first; *sense is the caller's own, 0 at first. Waiters spin (the wait is
+ * a step of a few microseconds) and yield now and then, so that a thread
+ * descheduled on a busy machine is not starved by its partner. */
+void lstmx_barrier_wait(int *b, int nthreads, int *sense)
+{
+    int s = !*sense;
+    *sense = s;
+    if (__atomic_add_fetch(&b[0], 1, __ATOMIC_ACQ_REL) == nthreads) {
+        __atomic_store_n(&b[0], 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&b[1], s, __ATOMIC_RELEASE);
+        return;
+    }
+    for (unsigned spins = 1; __atomic_load_n(&b[1], __ATOMIC_ACQUIRE) != s; spins++) {
+        if (spins % 4096 == 0)
+            sched_yield();
+    }
+}
+#endif

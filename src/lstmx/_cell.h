@@ -6,7 +6,8 @@
 #include <stddef.h>
 
 #define LSTMX_DECLARE_CELL(T, SFX)                                            \
-    void lstmx_cell_forward_##SFX(ptrdiff_t H, T *a, const T *rec,           \
+    void lstmx_cell_forward_##SFX(ptrdiff_t n, ptrdiff_t H, T *a,            \
+                                  const T *rec,                              \
                                   const T *bias, const T *peep, T *h, T *c,  \
                                   T *h_out, T *c_out);                       \
     void lstmx_cell_backward_##SFX(ptrdiff_t H, const T *act, const T *c_t,  \
@@ -26,6 +27,20 @@ LSTMX_DECLARE_CELL(double, f64)
 
 LSTMX_DECLARE_MATVEC(float, f32)
 LSTMX_DECLARE_MATVEC(double, f64)
+
+/* Threads sharing one recurrence wait for each other at every step (GCC and
+ * clang atomics, POSIX sched_yield); elsewhere a recurrence runs on one
+ * thread. */
+#if defined(__GNUC__) && (defined(__unix__) || defined(__APPLE__))
+#define LSTMX_HAVE_BARRIER 1
+void lstmx_barrier_wait(int *b, int nthreads, int *sense);
+#else
+#define LSTMX_HAVE_BARRIER 0
+static inline void lstmx_barrier_wait(int *b, int nthreads, int *sense)
+{
+    (void)b, (void)nthreads, (void)sense;  /* never called: nparts stays 1 */
+}
+#endif
 
 /* The float32 activations, exported for the tests of their error bound. */
 float lstmx_expf(float x);

@@ -22,12 +22,16 @@ from ._blas cimport gemm
 
 
 cdef extern from "_cell.h" nogil:
-    void lstmx_cell_forward_f32(Py_ssize_t H, float* a, const float* rec,
-                                const float* bias, const float* peep,
-                                float* h, float* c, float* h_out, float* c_out)
-    void lstmx_cell_forward_f64(Py_ssize_t H, double* a, const double* rec,
-                                const double* bias, const double* peep,
-                                double* h, double* c, double* h_out, double* c_out)
+    void lstmx_cell_forward_f32(Py_ssize_t n, Py_ssize_t H, float* a,
+                                const float* rec, const float* bias,
+                                const float* peep, float* h, float* c,
+                                float* h_out, float* c_out)
+    void lstmx_cell_forward_f64(Py_ssize_t n, Py_ssize_t H, double* a,
+                                const double* rec, const double* bias,
+                                const double* peep, double* h, double* c,
+                                double* h_out, double* c_out)
+    int LSTMX_HAVE_BARRIER
+    void lstmx_barrier_wait(int* b, int nthreads, int* sense)
     void lstmx_cell_backward_f32(Py_ssize_t H, const float* act, const float* c_t,
                                  const float* c_prev, const float* peep,
                                  const float* dh_out, const float* dh_next,
@@ -49,15 +53,15 @@ cdef extern from "_cell.h" nogil:
     float lstmx_tanhf(float x)
 
 
-cdef inline void _cell_forward(Py_ssize_t H, floating* a, const floating* rec,
-                               const floating* bias, const floating* peep,
-                               floating* h, floating* c, floating* h_out,
-                               floating* c_out) noexcept nogil:
-    """One step of one sequence: the elementwise cell of _cell.c."""
+cdef inline void _cell_forward(Py_ssize_t n, Py_ssize_t H, floating* a,
+                               const floating* rec, const floating* bias,
+                               const floating* peep, floating* h, floating* c,
+                               floating* h_out, floating* c_out) noexcept nogil:
+    """One step of n units of one sequence: the elementwise cell of _cell.c."""
     if floating is float:
-        lstmx_cell_forward_f32(H, a, rec, bias, peep, h, c, h_out, c_out)
+        lstmx_cell_forward_f32(n, H, a, rec, bias, peep, h, c, h_out, c_out)
     else:
-        lstmx_cell_forward_f64(H, a, rec, bias, peep, h, c, h_out, c_out)
+        lstmx_cell_forward_f64(n, H, a, rec, bias, peep, h, c, h_out, c_out)
 
 
 cdef inline void _cell_backward(Py_ssize_t H, const floating* act,
@@ -121,69 +125,126 @@ def lstm_project(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
              &w_x[0, 0], I, <floating>0.0, &gates[0, 0, 0], G)
 
 
-cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
-                   const floating* w_h, const floating* bias,
-                   const floating* peep, const int* lengths, bint reverse,
-                   floating* h, floating* c,
+cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
+                   Py_ssize_t u0, Py_ssize_t u1, const floating* x,
+                   const floating* w_x, const floating* w_h,
+                   const floating* bias, const floating* peep,
+                   const int* lengths, bint reverse,
+                   floating* h_buf, floating* c,
                    floating* out, Py_ssize_t ld_out,
                    floating* gates, floating* c_all, floating* h_prev_all,
-                   floating* rec) noexcept nogil:
-    """The recurrence of one direction of one layer over T steps.
+                   floating* rec, int* barrier, int nparts) noexcept nogil:
+    """The recurrence of one direction of one layer over T steps, for the
+    units u0 <= j < u1 of H: one of ``nparts`` threads that share it.
 
-    gates (T, N, 4H): the input projection in, the activated gates out when
-    training; h, c (N, H): initial state in, final state out; out: h_t of
-    row r goes to out + r * ld_out; c_all, h_prev_all (T, N, H): c_t and
-    h_{t-1} per row, kept for backward, or NULL for inference; rec (N, 4H)
-    workspace.
+    x (T, N, I) or NULL: when given, this part's columns of the input
+    projection are computed first (gates = X W_x^T; else gates holds it).
+    h_buf (2, N, H): h_{t-1} is read from one half and h_t written to the
+    other, alternating, so that parts never read what another writes in the
+    same step; the initial state is in h_buf[0] and the final one ends in
+    h_buf[T % 2]. c (N, H): the cell state, in place. out: h_t of row r goes
+    to out + r * ld_out. gates (T, N, 4H): activated gates out when
+    training. c_all, h_prev_all (T, N, H): c_t and h_{t-1} per row for
+    backward, or NULL for inference. rec (N, 4H) workspace. barrier: two
+    ints shared by the parts, waited at at the end of every step.
     """
-    cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t s, n, t, row
+    cdef Py_ssize_t G = 4 * H, nu = u1 - u0
+    cdef Py_ssize_t s, n, t, row, g
+    cdef floating* cur
+    cdef floating* nxt
     cdef bint training = c_all != NULL
+    cdef bint whole = u0 == 0 and u1 == H
+    cdef int sense = 0
+    if x != NULL:
+        # this part's columns of each gate block of gates = X W_x^T
+        for g in range(4):
+            gemm(False, True, <int>(T * N), <int>nu, <int>I, <floating>1.0, x,
+                 <int>I, w_x + (g * H + u0) * I, <int>I, <floating>0.0,
+                 gates + g * H + u0, <int>G)
     if training:
         # Padded rows must be zero for backward's GEMMs over all rows.
         for n in range(N):
             for t in range(lengths[n], T):
-                memset(h_prev_all + (t * N + n) * H, 0, H * sizeof(floating))
+                memset(h_prev_all + (t * N + n) * H + u0, 0, nu * sizeof(floating))
     for s in range(T):
-        # Recurrent term of all sequences: rec = h_{t-1} W_h^T.
-        if N == 1:
-            _matvec(G, H, w_h, h, rec)
+        cur = h_buf + (s % 2) * N * H
+        nxt = h_buf + ((s + 1) % 2) * N * H
+        # Recurrent term of all sequences, this part's rows of each gate:
+        # rec = h_{t-1} W_h^T.
+        if whole and N == 1:
+            _matvec(G, H, w_h, cur, rec)
+        elif whole:
+            gemm(False, True, <int>N, <int>G, <int>H, <floating>1.0, cur,
+                 <int>H, w_h, <int>H, <floating>0.0, rec, <int>G)
         else:
-            gemm(False, True, <int>N, <int>G, <int>H, <floating>1.0, h, <int>H,
-                 w_h, <int>H, <floating>0.0, rec, <int>G)
+            for g in range(4):
+                if N == 1:
+                    _matvec(nu, H, w_h + (g * H + u0) * H, cur, rec + g * H + u0)
+                else:
+                    gemm(False, True, <int>N, <int>nu, <int>H, <floating>1.0,
+                         cur, <int>H, w_h + (g * H + u0) * H, <int>H,
+                         <floating>0.0, rec + g * H + u0, <int>G)
         for n in range(N):
             if s >= lengths[n]:
+                # finished: the state is carried over unchanged
+                memcpy(nxt + n * H + u0, cur + n * H + u0, nu * sizeof(floating))
                 continue
             t = _time(s, lengths[n], reverse)
             row = t * N + n
             if training:
-                memcpy(h_prev_all + row * H, h + n * H, H * sizeof(floating))
-            _cell_forward(H, gates + row * G, rec + n * G, bias, peep,
-                          h + n * H, c + n * H, out + row * ld_out,
-                          c_all + row * H if training else NULL)
+                memcpy(h_prev_all + row * H + u0, cur + n * H + u0, nu * sizeof(floating))
+            _cell_forward(nu, H, gates + row * G + u0, rec + n * G + u0,
+                          bias + u0, peep + u0, nxt + n * H + u0, c + n * H + u0,
+                          out + row * ld_out + u0,
+                          c_all + row * H + u0 if training else NULL)
+        if nparts > 1:
+            # everyone's h_t is written before anyone reads it at t+1
+            lstmx_barrier_wait(barrier, nparts, &sense)
 
 
-def lstm_forward(const floating[:, ::1] w_h, const floating[::1] bias,
+def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
+                 const floating[:, ::1] w_h, const floating[::1] bias,
                  const floating[::1] peep, const int[::1] lengths,
-                 bint reverse, floating[:, ::1] h, floating[:, ::1] c,
+                 bint reverse, floating[:, :, ::1] h_buf, floating[:, ::1] c,
                  floating[:, :, ::1] out, Py_ssize_t out_col,
                  floating[:, :, ::1] gates, floating[:, :, ::1] c_all,
-                 floating[:, :, ::1] h_prev_all, floating[:, ::1] rec):
+                 floating[:, :, ::1] h_prev_all, floating[:, ::1] rec,
+                 int part=0, int nparts=1, int[::1] barrier=None):
     """Run the recurrence of one direction of one layer; see ``_forward``.
 
-    w_h (4H, H); bias (4H,); peep (3H,) (zeros for no peepholes); lengths
-    (N,) int32; h, c (N, H) in/out; out (T, N, D*H), this direction's h_t
-    written to columns out_col:out_col+H; gates (T, N, 4H) from
-    ``lstm_project``; c_all, h_prev_all (T, N, H) for training or empty
-    (0, 0, 0) for inference; rec (N, 4H).
+    x (T, N, I), or empty (0, 0, 0) when gates already holds the input
+    projection (``lstm_project``); w_x (4H, I); w_h (4H, H); bias (4H,);
+    peep (3H,) (zeros for no peepholes); lengths (N,) int32; h_buf (2, N, H)
+    with the initial state in h_buf[0]; c (N, H) in/out; out (T, N, D*H),
+    this direction's h_t written to columns out_col:out_col+H; gates
+    (T, N, 4H); c_all, h_prev_all (T, N, H) for training or empty (0, 0, 0)
+    for inference; rec (N, 4H).
+
+    With nparts > 1, call once from each of nparts threads at the same
+    time, with part = 0..nparts-1 and one zeroed barrier (2,) int32 shared
+    by all: part p computes the units of the p-th slice of H. Each part
+    holds a slice of W_h (a whole step's weights may not fit one core's
+    cache, a slice can).
     """
     cdef Py_ssize_t T = gates.shape[0], N = gates.shape[1], H = w_h.shape[1]
+    cdef Py_ssize_t I = w_x.shape[1]
+    cdef Py_ssize_t u0 = H * part // nparts, u1 = H * (part + 1) // nparts
+    cdef const floating* x_p = &x[0, 0, 0] if x.shape[0] else NULL
     cdef floating* c_all_p = &c_all[0, 0, 0] if c_all.shape[0] else NULL
     cdef floating* h_prev_p = &h_prev_all[0, 0, 0] if h_prev_all.shape[0] else NULL
+    cdef int* barrier_p = &barrier[0] if nparts > 1 else NULL
+    if nparts > 1 and not LSTMX_HAVE_BARRIER:
+        raise ValueError("nparts > 1 needs the barrier of _cell.c, not built here")
     with nogil:
-        _forward(T, N, H, &w_h[0, 0], &bias[0], &peep[0], &lengths[0], reverse,
-                 &h[0, 0], &c[0, 0], &out[0, 0, out_col], out.shape[2],
-                 &gates[0, 0, 0], c_all_p, h_prev_p, &rec[0, 0])
+        _forward(T, N, I, H, u0, u1, x_p, &w_x[0, 0], &w_h[0, 0], &bias[0],
+                 &peep[0], &lengths[0], reverse, &h_buf[0, 0, 0], &c[0, 0],
+                 &out[0, 0, out_col], out.shape[2], &gates[0, 0, 0],
+                 c_all_p, h_prev_p, &rec[0, 0], barrier_p, nparts)
+
+
+def can_split():
+    """Whether a recurrence can be shared by threads (lstm_forward nparts)."""
+    return bool(LSTMX_HAVE_BARRIER)
 
 
 # --------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Threads: the two directions of a layer on two threads, BLAS held to one.
+"""Threads: two kernels at once, BLAS held to one thread in each.
 
-The two directions of a bidirectional layer are independent; their kernels
-release the GIL, so the reverse one runs on a second Python thread. Each of
-the two threads then holds scipy's OpenBLAS to one thread of its own, with
+The kernels release the GIL, so two of them run at once from two Python
+threads: the two directions of a bidirectional layer, which are
+independent, or the two halves of one recurrence (lstm_forward's parts).
+Each of the two threads then holds scipy's OpenBLAS to one thread of its own, with
 OpenBLAS's thread-local setting (openblas_set_num_threads_local, OpenBLAS >=
 0.3.27): two threads each calling a multithreaded OpenBLAS oversubscribe
 the cores, and OpenBLAS's workers spin for a while after each call, taking
@@ -54,11 +55,11 @@ def _single_blas_thread(run, d):
         _set_local(previous)
 
 
-def per_direction(D, run):
-    """run(d) for each direction d < D; with D == 2 the reverse one runs on a
-    second thread and both hold BLAS to one thread."""
+def in_threads(n, run):
+    """run(i) for i < n (n is 1 or 2): with n == 2, run(1) on a second
+    thread, and both hold BLAS to one thread."""
     global _pool, _pool_pid
-    if D == 1:
+    if n == 1:
         run(0)
         return
     with _pool_lock:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _lstm
-from ._threads import per_direction
+from ._threads import in_threads
 from ._validation import (
     as_float_array,
     as_lengths,
@@ -30,6 +30,11 @@ PEEPHOLE_GATES = ("i", "f", "o")
 DIRECTIONS = ("fw", "bw")
 FC_WEIGHTS = "Fully_connected_layerweights"
 FC_BIASES = "Fully_connected_layerbiases"
+
+# Share a single sequence's recurrence between two threads when W_h is larger
+# than this (see LSTM._split_recurrence): below, W_h stays in one core's
+# cache anyway and the per-step barrier would cost more than it saves.
+SPLIT_MIN_BYTES = 256 * 1024
 
 
 class _Slot:
@@ -245,6 +250,20 @@ class LSTM:
     # ------------------------------------------------------------------
     # running
 
+    def _split_recurrence(self, N):
+        """Whether each recurrence is shared by two threads, each holding
+        half of the units and so half of W_h, one direction after the other.
+
+        The per-step product h_{t-1} W_h^T reads all of W_h (4H x H) at
+        every step: at H=320 in float32 that is 1.6 MB, more than one core's
+        L2 cache (1 MB here), so a whole W_h streams from L3 at every step,
+        while a half stays in L2. Only for single sequences: with N > 1 the
+        step is a GEMM that reuses each weight N times.
+        """
+        H = self.hidden_size
+        return (N == 1 and _lstm.can_split()
+                and 4 * H * H * self.dtype.itemsize > SPLIT_MIN_BYTES)
+
     def _kernel_params(self, k):
         """(w_x, w_h, bias, peep) of slot k as the kernels take them."""
         w_x, w_h, bias, peep = self._packed[k]
@@ -267,7 +286,10 @@ class LSTM:
         H, D = self.hidden_size, self.num_directions
         dt = self.dtype
         empty = np.empty((0, 0, 0), dt)
-        rec = [np.empty((N, 4 * H), dt) for _ in range(D)]
+        split = self._split_recurrence(N)
+        # per thread: the recurrent term of a step
+        rec = [np.empty((N, 4 * H), dt) for _ in range(2)]
+        h_buf = [np.empty((2, N, H), dt) for _ in range(D)]
         gates = None if training else [np.empty((T, N, 4 * H), dt) for _ in range(D)]
         layers = []
         inp = x
@@ -278,18 +300,30 @@ class LSTM:
                            np.empty((T, N, H), dt)) for _ in range(D)]
             else:
                 record = [(gates[d], empty, empty) for d in range(D)]
-            # One direction: its input projection may use every core through
-            # BLAS. Two: each direction's projection and recurrence run on
-            # a thread of its own (see _threads).
+            for d in range(D):
+                h_buf[d][0] = h[layer * D + d]
 
-            def run(d, layer=layer, inp=inp, out=out, record=record):
+            def run(d, thread, part=0, nparts=1, barrier=None, layer=layer, inp=inp,
+                    out=out, record=record):
+                # direction d, or part `part` of it, on thread `thread`:
+                # input projection, then the recurrence
                 k = layer * D + d
                 w_x, w_h, bias, peep = self._kernel_params(k)
-                _lstm.lstm_project(inp, w_x, record[d][0])
-                _lstm.lstm_forward(w_h, bias, peep, lengths, d == 1, h[k], c[k],
-                                   out, d * H, *record[d], rec[d])
+                _lstm.lstm_forward(inp, w_x, w_h, bias, peep, lengths, d == 1, h_buf[d], c[k],
+                                   out, d * H, *record[d], rec[thread], part, nparts, barrier)
 
-            per_direction(D, run)
+            if split:
+                # each direction in turn, its units halved between two
+                # threads: half of W_h fits a core's cache (see
+                # _split_recurrence)
+                for d in range(D):
+                    barrier = np.zeros(2, np.intc)
+                    in_threads(2, lambda part, d=d, barrier=barrier: run(d, part, part, 2, barrier))
+            else:
+                # the directions at once, on two threads (see _threads)
+                in_threads(D, lambda d: run(d, thread=d))
+            for d in range(D):
+                h[layer * D + d] = h_buf[d][T % 2]
             layers.append((inp, record))
             inp = out
         top = inp
@@ -437,7 +471,7 @@ class LSTM:
                 _lstm.lstm_backward_weights(inp, w_x, h_prev_all, dgates, dw_x, dw_h,
                                             dinp[d], False)
 
-            per_direction(D, run)
+            in_threads(D, run)
             dtop = dinp[0]
             if D == 2:
                 dtop += dinp[1]
