@@ -12,6 +12,7 @@ T=200, 2 cores: 44 ms with OpenBLAS's default 2 threads against 31 ms held
 to one. Where the setting is not available (another BLAS, an older
 OpenBLAS), nothing is changed.
 """
+import contextlib
 import ctypes
 import glob
 import os
@@ -46,11 +47,22 @@ _set_local = _find_set_local()
 
 
 def _single_blas_thread(run, d):
-    if _set_local is None:
+    with blas_held():
         return run(d)
+
+
+@contextlib.contextmanager
+def blas_held(active=True):
+    """Hold this thread's BLAS to one thread while the block runs, when
+    ``active``: for calls that run their own two threads, so that OpenBLAS
+    workers left spinning by a GEMM of this thread (the head's, say) do not
+    take a core from them."""
+    if not active or _set_local is None:
+        yield
+        return
     previous = _set_local(1)
     try:
-        return run(d)
+        yield
     finally:
         _set_local(previous)
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _lstm
-from ._threads import in_threads
+from ._threads import blas_held, in_threads
 from ._validation import (
     as_float_array,
     as_lengths,
@@ -250,6 +250,11 @@ class LSTM:
     # ------------------------------------------------------------------
     # running
 
+    def _uses_two_threads(self, N):
+        """Whether a run on N sequences keeps two threads of its own busy:
+        then BLAS is held to one thread in each (see _threads)."""
+        return self.num_directions == 2 or self._split_recurrence(N)
+
     def _split_recurrence(self, N):
         """Whether each recurrence is shared by two threads, each holding
         half of the units and so half of W_h, one direction after the other.
@@ -373,7 +378,8 @@ class LSTM:
         state : (h_n, c_n), only with return_state
         """
         x, unbatched, lengths, ragged, h, c = self._prepare(x, lengths, state, check_finite)
-        y, _, _ = self._run(x, lengths, ragged, h, c, training=False)
+        with blas_held(self._uses_two_threads(x.shape[1])):
+            y, _, _ = self._run(x, lengths, ragged, h, c, training=False)
         y = self._to_user(y, unbatched)
         if return_state:
             return y, self._state_to_user(h, c, unbatched)
@@ -391,7 +397,8 @@ class LSTM:
         """
         x, unbatched, lengths, ragged, h, c = self._prepare(x, lengths, state, check_finite)
         c0 = c.copy()
-        y, top, layers = self._run(x, lengths, ragged, h, c, training=True)
+        with blas_held(self._uses_two_threads(x.shape[1])):
+            y, top, layers = self._run(x, lengths, ragged, h, c, training=True)
         y_user = self._to_user(y, unbatched)
         cache = Cache(net=self, layers=layers, top=top, c0=c0, lengths=lengths,
                       ragged=ragged, unbatched=unbatched, y_shape=y_user.shape,
@@ -438,43 +445,45 @@ class LSTM:
         dh_n, dc_n = as_state(dstate, "dstate", self.num_layers * D, N, H, dt, cache.unbatched, check_finite)
 
         flat = np.zeros_like(self.flat)
-        if self.output_size is None:
-            dtop = dy
-        else:
-            dtop = np.empty((T, N, D * H), dt)
-            _lstm.linear_backward(cache.top.reshape(T * N, D * H), _view(self.flat, *self._fc_w),
-                                  dy.reshape(T * N, -1), dtop.reshape(T * N, D * H),
-                                  _view(flat, *self._fc_w), _view(flat, *self._fc_b))
-        dh0 = np.empty_like(dh_n)
-        dc0 = np.empty_like(dc_n)
-        work = [(np.empty((T, N, 4 * H), dt), np.empty((N, 4 * H), dt), np.empty((N, H), dt))
-                for _ in range(D)]
-        unused_dpeep = [np.empty(3 * H, dt) for _ in range(D)]   # no peepholes: discarded
-        for layer in range(self.num_layers - 1, -1, -1):
-            inp, record = cache.layers[layer]
+        # (with two directions, BLAS is held to one thread: see _threads)
+        with blas_held(D == 2):
+            if self.output_size is None:
+                dtop = dy
+            else:
+                dtop = np.empty((T, N, D * H), dt)
+                _lstm.linear_backward(cache.top.reshape(T * N, D * H), _view(self.flat, *self._fc_w),
+                                      dy.reshape(T * N, -1), dtop.reshape(T * N, D * H),
+                                      _view(flat, *self._fc_w), _view(flat, *self._fc_b))
+            dh0 = np.empty_like(dh_n)
+            dc0 = np.empty_like(dc_n)
+            work = [(np.empty((T, N, 4 * H), dt), np.empty((N, 4 * H), dt), np.empty((N, H), dt))
+                    for _ in range(D)]
+            unused_dpeep = [np.empty(3 * H, dt) for _ in range(D)]   # no peepholes: discarded
+            for layer in range(self.num_layers - 1, -1, -1):
+                inp, record = cache.layers[layer]
 
-            # Each direction's BPTT recurrence, then its weight and input
-            # gradients as GEMMs over all steps; with two directions, on two
-            # threads (see _threads), each with its own dL/d(input).
-            dinp = [np.empty(inp.shape, dt) for _ in range(D)]
+                # Each direction's BPTT recurrence, then its weight and input
+                # gradients as GEMMs over all steps; with two directions, on two
+                # threads (see _threads), each with its own dL/d(input).
+                dinp = [np.empty(inp.shape, dt) for _ in range(D)]
 
-            def run(d, layer=layer, inp=inp, record=record, dinp=dinp):
-                k = layer * D + d
-                w_x, w_h, _, peep = self._kernel_params(k)
-                dw_x, dw_h, dbias, dpeep = self._slots[k].packed(flat)
-                gates, c_all, h_prev_all = record[d]
-                dgates, drec, dh_rec = work[d]
-                _lstm.lstm_backward(w_h, peep, cache.lengths, d == 1, cache.c0[k], gates, c_all,
-                                    dtop, d * H, dh_n[k], dc_n[k], dbias,
-                                    unused_dpeep[d] if dpeep is None else dpeep,
-                                    dh0[k], dc0[k], dgates, drec, dh_rec)
-                _lstm.lstm_backward_weights(inp, w_x, h_prev_all, dgates, dw_x, dw_h,
-                                            dinp[d], False)
+                def run(d, layer=layer, inp=inp, record=record, dinp=dinp):
+                    k = layer * D + d
+                    w_x, w_h, _, peep = self._kernel_params(k)
+                    dw_x, dw_h, dbias, dpeep = self._slots[k].packed(flat)
+                    gates, c_all, h_prev_all = record[d]
+                    dgates, drec, dh_rec = work[d]
+                    _lstm.lstm_backward(w_h, peep, cache.lengths, d == 1, cache.c0[k], gates, c_all,
+                                        dtop, d * H, dh_n[k], dc_n[k], dbias,
+                                        unused_dpeep[d] if dpeep is None else dpeep,
+                                        dh0[k], dc0[k], dgates, drec, dh_rec)
+                    _lstm.lstm_backward_weights(inp, w_x, h_prev_all, dgates, dw_x, dw_h,
+                                                dinp[d], False)
 
-            in_threads(D, run)
-            dtop = dinp[0]
-            if D == 2:
-                dtop += dinp[1]
+                in_threads(D, run)
+                dtop = dinp[0]
+                if D == 2:
+                    dtop += dinp[1]
         dx = self._to_user(dtop, cache.unbatched)
         state = self._state_to_user(dh0, dc0, cache.unbatched)
         return Gradients(flat, self._named_views(flat), dx, state)
