@@ -14,5 +14,6 @@ from .lstm import LSTM, Cache, Gradients
 from . import io
 from . import losses, optim
 from .persist import load
+from .training import fit
 
-__all__ = ["LSTM", "Cache", "Gradients", "io", "losses", "optim", "load", "__version__"]
+__all__ = ["LSTM", "Cache", "Gradients", "io", "losses", "optim", "load", "fit", "__version__"]
