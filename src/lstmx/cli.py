@@ -2,6 +2,10 @@
 
     lstmx info                           versions, dtypes, scipy's BLAS, threads
     lstmx predict MODEL DATA --out Y.npy run a saved network on saved inputs
+    lstmx demo [--quick]                 learn precise timing (Gers et al., 2002)
+    lstmx train DATA --hidden H --out M  train on saved sequences, with checkpoints
+    lstmx convert IN OUT                 convert a network between file formats
+    lstmx bench [--quick]                time lstmx against torch and onnxruntime
 
 Every failure the user can cause -- a missing or malformed file, a bad
 argument, an input of the wrong shape -- ends with a one-line message on
@@ -301,3 +305,183 @@ def _predict(args):
         np.save(f, y, allow_pickle=False)
     shape = "(" + ", ".join(str(n) for n in y.shape) + ")"
     print(f"{args.out}: y {shape} {y.dtype.name}")
+
+
+# ----------------------------------------------------------------------
+# convert
+
+def _usage_error(command, message):
+    """Print a wrong-request error as argparse would word it; exit status 2."""
+    print(f"lstmx {command}: error: {_one_line(message)} (see 'lstmx {command} --help')",
+          file=sys.stderr)
+    return 2
+
+
+from .convert import FORMATS as _FORMAT_NAMES   # light: numpy only
+
+
+@command(
+    "convert", "convert a network between lstmx .npz, seed-000 .npz, legacy .npy, torch and ONNX",
+    argument("src", metavar="IN", help="the network to read"),
+    argument("dst", metavar="OUT", help="where to write it (exactly this path)"),
+    argument("--format-in", choices=_FORMAT_NAMES, metavar="F",
+             help="format of IN (default: from its suffix): " + ", ".join(_FORMAT_NAMES)),
+    argument("--format-out", choices=_FORMAT_NAMES, metavar="F",
+             help="format of OUT (default: from its suffix): lstmx-npz, seed000-npz, torch, "
+                  "onnx (legacy-npy is refused)"),
+    argument("--dtype", choices=("float32", "float64"),
+             help="convert the parameters to this dtype before writing (ONNX needs float32)"),
+)
+def _convert(args):
+    """Read the network in IN and write it to OUT in another format.
+
+    Formats, by suffix unless --format-in/--format-out name them:
+
+      .npz        lstmx-npz: what net.save writes (seed-000 arrays + metadata);
+                  reading any .npz or .npy auto-detects the form (lstmx.load)
+      (named)     seed000-npz: only the seed-000-named arrays, no metadata
+      .npy        legacy-npy: the legacy pickled dict; read only (read without
+                  running code; lstmx never writes pickles)
+      .pt, .pth   torch: a state_dict of torch.nn.LSTM (+ nn.Linear head), read
+                  with torch.load(weights_only=True); written with keys
+                  lstm.weight_ih_l0, ..., linear.weight, linear.bias
+      .onnx       onnx: lstmx.io.to_onnx / from_onnx (float32)
+
+    torch has no peepholes: a peephole network cannot be written as torch.
+    torch and onnx are needed only for their formats. See docs/formats.md.
+    Exit status: 0 done, 1 a file could not be read or written, 2 a wrong
+    request (unknown suffix or format, writing .npy).
+    """
+    from .convert import FormatError, convert
+
+    try:
+        net = convert(args.src, args.dst, args.format_in, args.format_out, dtype=args.dtype)
+    except FormatError as exc:
+        return _usage_error("convert", exc)
+    except ImportError as exc:   # torch or onnx missing
+        print(f"lstmx convert: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    from .convert import format_of
+    print(f"{args.dst}: {format_of(args.dst, args.format_out, writing=True)}, {net!r}")
+
+
+# ----------------------------------------------------------------------
+# bench
+
+@command(
+    "bench", "time lstmx against torch and onnxruntime on the benchmark workloads",
+    argument("--quick", action="store_true", help="shorter timings and a smaller sgemm"),
+    argument("--workload", nargs="+", action="extend", metavar="NAME",
+             help="workloads to run (default: all); see the list below"),
+    argument("--json", metavar="OUT", help="also write the results to OUT as JSON"),
+)
+def _bench(args):
+    """Time the benchmark workloads (lstmx._bench.WORKLOADS: seed_infer,
+    small_infer, big_infer, seed_train, small_train) with lstmx and, when
+    installed, torch.nn.LSTM and onnxruntime, in this process with the same
+    threads, and print one row per workload: the best time of lstmx with
+    peepholes and without ('plain'), torch and onnxruntime ('-' when not
+    installed or not applicable), the ratios lstmx/peer, and lstmx's GFLOP/s
+    (matrix products only) against the sgemm peak measured first.
+
+    Machines are noisy: compare runs on the same machine, and report them
+    with 'lstmx info'.
+    """
+    from . import _bench
+
+    names = args.workload or list(_bench.WORKLOADS)
+    unknown = [n for n in names if n not in _bench.WORKLOADS]
+    if unknown:
+        return _usage_error("bench", f"unknown workload {', '.join(map(repr, unknown))}; "
+                                     f"choose from {', '.join(_bench.WORKLOADS)}")
+    rows = _bench.run_all(names, quick=args.quick)
+    if args.json:
+        report = {"quick": args.quick, "threads": _bench.THREADS,
+                  "workloads": {n: {**vars(_bench.WORKLOADS[n]), "id": _bench.WORKLOADS[n].id,
+                                    "flops": _bench.WORKLOADS[n].flops()} for n in names},
+                  "results": rows, "info": _info_report()}
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+        print(f"{args.json}: results of {len(rows)} workload(s)")
+
+
+# ----------------------------------------------------------------------
+# demo
+
+@command(
+    "demo", "train peephole and plain LSTMs on a precise-timing task (Gers et al., 2002)",
+    argument("--seed", type=int, default=0, help="seed of the data and the runs (default 0)"),
+    argument("--epochs", type=int, default=40, help="most epochs per run (default 40)"),
+    argument("--runs", type=int, default=5, help="runs per variant (default 5)"),
+    argument("--quick", action="store_true", help="a few seconds: tiny data, one short run each"),
+)
+def _demo(args):
+    """Train small LSTMs, with and without peephole connections, on the
+    Measuring Spike Delays task of Gers, Schraudolph & Schmidhuber (2002),
+    "Learning Precise Timing with LSTM Recurrent Networks", JMLR 3:115-143:
+    spikes come 10 + I(n) steps apart, I(n) in {0, 1, 2}, and at each spike
+    the network must output I(n). Prints each epoch, then whether each run
+    solves the paper's criterion (|error| < 0.49 at every spike of an unbroken
+    stream of 1000 spikes) next to what the paper reports. The data is
+    generated in code; nothing is downloaded. Under a minute; see
+    lstmx.demo for the details.
+    """
+    from . import demo
+    from ._validation import check_int
+
+    check_int(args.epochs, "--epochs")
+    check_int(args.runs, "--runs")
+    demo.run(seed=args.seed, epochs=args.epochs, runs=args.runs, quick=args.quick)
+
+
+# ----------------------------------------------------------------------
+# train
+
+@command(
+    "train", "train a network on sequences in an .npz, with checkpoints and --resume",
+    argument("data", metavar="DATA",
+             help="an .npz holding x (T, N, I), y and optionally lengths (N,); or x_flat "
+                  "(sum T_i, I), y_flat and lengths (N,): variable-length sequences end to end"),
+    argument("--hidden", type=int, metavar="H", help="hidden units per direction (required "
+             "unless --resume)"),
+    argument("--layers", type=int, metavar="L", help="stacked layers (default 1)"),
+    argument("--bidirectional", action="store_true", default=None,
+             help="add a reverse direction"),
+    argument("--no-peephole", dest="peephole", action="store_false", default=None,
+             help="the plain LSTM cell, without peephole connections"),
+    argument("--loss", choices=("ce", "mse"),
+             help="ce: y holds integer classes (T, N); mse: real targets (T, N, O) "
+                  "(default: ce for integer y, else mse)"),
+    argument("--epochs", type=int, metavar="E", help="train until this many epochs in all "
+             "(default 10)"),
+    argument("--batch", type=int, metavar="B", help="sequences per mini-batch (default 32)"),
+    argument("--lr", type=float, help="Adam's learning rate (default 0.001)"),
+    argument("--val", type=float, metavar="FRACTION",
+             help="hold out this fraction of the sequences to report val_loss"),
+    argument("--seed", type=int, metavar="S", help="seed of the initialisation, split and "
+             "shuffling (default: random, saved in the checkpoint)"),
+    argument("--out", "-o", required=True, metavar="MODEL.npz",
+             help="the trained network (net.save); the optimizer and loop state go next to it, "
+                  "in MODEL.state.npz"),
+    argument("--resume", action="store_true",
+             help="continue from the checkpoint in --out and its .state.npz, bit for bit as if "
+                  "never stopped"),
+)
+def _train(args):
+    """Train an LSTM with a fully connected head on the sequences in DATA
+    with lstmx.fit (Adam, shuffled mini-batches), and after every epoch write
+    a checkpoint: the network to --out (net.save) and, next to it in
+    MODEL.state.npz, the optimizer's state, the epoch, the random generator's
+    state and the settings (no pickle). --resume continues from there to
+    --epochs epochs in all and gives the same parameters, bit for bit, as a
+    run that never stopped; the settings and DATA must be those of the
+    checkpoint. The head has one output per class (ce) or per target feature
+    (mse). A progress bar is drawn on stderr when it is a terminal.
+    """
+    from .training import train_files
+
+    options = {name: getattr(args, name) for name in
+               ("hidden", "layers", "bidirectional", "peephole", "loss", "batch", "lr", "val",
+                "seed")}
+    train_files(args.data, args.out, epochs=args.epochs, resume=args.resume, **options)
