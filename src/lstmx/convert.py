@@ -47,11 +47,11 @@ written; if missing, an ImportError says what to install.
 """
 import os
 import re
-import secrets
 
 import numpy as np
 
 from .lstm import LSTM
+from .persist import write_atomically
 from ._validation import check_dtype
 
 __all__ = ["convert", "read", "write", "format_of", "FORMATS", "FormatError"]
@@ -299,7 +299,7 @@ def write(net, path, format=None):
         net.save(path)   # atomic already
     elif format == "seed000-npz":
         # every array is float: nothing is pickled
-        _write_atomically(path, lambda f: np.savez(f, **dict(net.params.items())))
+        write_atomically(path, lambda f: np.savez(f, **dict(net.params.items())))
     elif format == "torch":
         torch = _require("torch", f"writing the torch file {path}")
         from . import io
@@ -307,7 +307,7 @@ def write(net, path, format=None):
         state = {f"lstm.{k}": v for k, v in lstm.state_dict().items()}
         if linear is not None:
             state.update({f"linear.{k}": v for k, v in linear.state_dict().items()})
-        _write_atomically(path, lambda f: torch.save(state, f))
+        write_atomically(path, lambda f: torch.save(state, f))
     else:
         _require("onnx", f"writing the ONNX file {path}")
         from . import io
@@ -315,24 +315,7 @@ def write(net, path, format=None):
             raise ValueError("the network is float64 and ONNX export is float32 only "
                              "(onnxruntime has no double LSTM); convert with dtype=float32 "
                              "(lstmx convert --dtype float32)")
-        _write_atomically(path, lambda f: io.to_onnx(net, f))
-
-
-def _write_atomically(path, write):
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path!r} is a directory; expected a file name")
-    folder, base = os.path.split(os.path.realpath(path) if os.path.islink(path) else path)
-    tmp = os.path.join(folder, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-        os.replace(tmp, os.path.join(folder, base))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        write_atomically(path, lambda f: io.to_onnx(net, f))
 
 
 def _astype(net, dtype):

@@ -94,15 +94,23 @@ def save(net, path):
     }
     arrays = dict(net.params.items())
     arrays[META_KEY] = np.array(json.dumps(meta, sort_keys=True))
-    # Write through a symbolic link, as open() would, not over it.
+    # Every array is float: nothing is pickled. (savez's own allow_pickle=
+    # needs NumPy >= 2.1; older ones would store it as an array.)
+    write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def write_atomically(path, write):
+    """Call ``write(f)`` on a new file next to ``path``, then rename it over
+    ``path``: an existing file is never left half-written, and a failure
+    leaves nothing behind. A symbolic link ``path`` is written through, as
+    open() would, not replaced. The new file honours the umask."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a directory; expected a file name")
     folder, base = os.path.split(os.path.realpath(path) if os.path.islink(path) else path)
     tmp = os.path.join(folder, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "xb") as f:   # honours the umask, unlike tempfile's 0600
-            # Every array is float: nothing is pickled. (savez's own
-            # allow_pickle= needs NumPy >= 2.1; older ones would store it as
-            # an array.)
-            np.savez(f, **arrays)
+        with open(tmp, "xb") as f:
+            write(f)
         os.replace(tmp, os.path.join(folder, base))
     except BaseException:
         try:

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import losses, optim
 from .lstm import LSTM
+from .persist import write_atomically
 from ._validation import _shape_text, as_float_array, check_int
 
 __all__ = ["fit"]
@@ -442,18 +443,7 @@ def _write_state(path, optimizer, meta):
     """Optimizer state + JSON metadata as one .npz, atomically (no pickle)."""
     arrays = {_OPTIM_PREFIX + k: np.asarray(v) for k, v in optimizer.state_dict().items()}
     arrays[TRAIN_META] = np.array(json.dumps(meta, sort_keys=True))
-    folder, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{base}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def _read_state(path):
