@@ -64,7 +64,7 @@ def test_split_against_reference(rng, split_always):
 
 
 def test_split_only_for_single_sequences_with_large_weights():
-    small = lstmx.LSTM(4, 64, dtype=np.float32)      # W_h 64 KB
+    small = lstmx.LSTM(4, 8, dtype=np.float32)       # W_h 1 KB
     large = lstmx.LSTM(4, 320, dtype=np.float32)     # W_h 1.6 MB
     assert not small._split_recurrence(1)
     assert large._split_recurrence(1) == lstmx._lstm.can_split()

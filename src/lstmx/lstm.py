@@ -32,9 +32,11 @@ FC_WEIGHTS = "Fully_connected_layerweights"
 FC_BIASES = "Fully_connected_layerbiases"
 
 # Share a single sequence's recurrence between two threads when W_h is larger
-# than this (see LSTM._split_recurrence): below, W_h stays in one core's
-# cache anyway and the per-step barrier would cost more than it saves.
-SPLIT_MIN_BYTES = 256 * 1024
+# than this (see LSTM._split_recurrence): below, a step is so short that the
+# barrier between the threads costs more than it saves. Measured, predict of
+# T=1000, N=1, float32, ms (split / one thread): H=8 0.71/0.37, H=16
+# 0.76/0.53, H=32 0.91/1.13, H=64 1.66/2.17, H=128 3.87/6.23.
+SPLIT_MIN_BYTES = 12 * 1024
 
 
 class _Slot:
@@ -259,11 +261,14 @@ class LSTM:
         """Whether each recurrence is shared by two threads, each holding
         half of the units and so half of W_h, one direction after the other.
 
-        The per-step product h_{t-1} W_h^T reads all of W_h (4H x H) at
-        every step: at H=320 in float32 that is 1.6 MB, more than one core's
-        L2 cache (1 MB here), so a whole W_h streams from L3 at every step,
-        while a half stays in L2. Only for single sequences: with N > 1 the
-        step is a GEMM that reuses each weight N times.
+        A single sequence's step is a matrix-vector product that reads all
+        of W_h (4H x H) for 2 flops a weight: it runs at the speed the core
+        reads W_h, so two cores reading a half each take about half the
+        time; at H=320 in float32 W_h is also 1.6 MB, more than a core's L2
+        (1 MB here), and a half fits. Only for N = 1: with N > 1 the step is
+        a GEMM that reuses each weight N times (splitting it was not faster:
+        big_infer 245-271 ms split vs 269 ms, seed-000 N=32 279-290 vs
+        266-292).
         """
         H = self.hidden_size
         return (N == 1 and _lstm.can_split()
