@@ -69,3 +69,39 @@ def test_split_only_for_single_sequences_with_large_weights():
     assert not small._split_recurrence(1)
     assert large._split_recurrence(1) == lstmx._lstm.can_split()
     assert not large._split_recurrence(2)
+
+
+@pytest.mark.parametrize("N", [4, 9, 16], ids=lambda n: f"N{n}")
+def test_batch_halves_on_two_threads(N, rng, monkeypatch):
+    """One direction, 4..16 sequences: each thread runs half of them
+    (lstm.SPLIT_MIN_BATCH); the same results as one thread (to rounding: a
+    half of 9 is within SMALL_N and runs matmat, all 9 a BLAS GEMM)."""
+    net = Arch(5, 12, num_layers=2, bidirectional=False, peephole=True, output_size=3).make(
+        dtype=np.float64, seed=5)
+    assert net._split(N) == "batch"
+    x = random_x(rng, 7, N, 5)
+    state = random_state(rng, net, N)
+    lengths = rng.integers(1, 8, N)
+    split = _run(net, x, lengths, state)
+    monkeypatch.setattr(lstm_module, "SPLIT_MIN_BATCH", 1 << 30)
+    assert net._split(N) is None
+    whole = _run(net, x, lengths, state)
+    for a, b in zip(split, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("N", [1, 3, 8, 9, 20], ids=lambda n: f"N{n}")
+def test_small_batch_products_match_blas(N, rng):
+    """Up to SMALL_N sequences the recurrent products are _cell.c's matmat,
+    beyond a BLAS GEMM: both agree with each other to rounding."""
+    net = Arch(5, 12, num_layers=1, bidirectional=True, peephole=True, output_size=3).make(
+        dtype=np.float64, seed=6)
+    x = random_x(rng, 6, N, 5)
+    ours = _run(net, x, None, None)
+    old = lstmx._lstm._set_small_n(0)
+    try:
+        blas = _run(net, x, None, None)
+    finally:
+        lstmx._lstm._set_small_n(old)
+    for a, b in zip(ours, blas):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)

@@ -190,12 +190,14 @@ LSTMX_CELL_FORWARD(double, f64)
 LSTMX_CELL_BACKWARD(float, f32)
 LSTMX_CELL_BACKWARD(double, f64)
 
-/* ---- recurrent matrix-vector products (N = 1) --------------------------- */
+/* ---- recurrent matrix-vector products (a few sequences) ----------------- */
 
 /* One step of one sequence needs rec = W_h h_{t-1} (forward) and
- * dh_{t-1} = W_h^T da (backward), W_h (4H, H) row-major. These are done here
- * rather than by BLAS so that the per-step work is single-threaded and
- * predictable: with scipy's OpenBLAS, the two directions' threads each
+ * dh_{t-1} = W_h^T da (backward), W_h (4H, H) row-major; of a few sequences,
+ * the same for each. These are done here rather than by BLAS: for a few
+ * sequences a GEMM spends its time packing W_h at every step (predict,
+ * H=64, N=2, T=200: 3.2 ms with sgemm), and the per-step work stays
+ * single-threaded and predictable: with scipy's OpenBLAS, the two directions' threads each
  * calling a multithreaded sgemv made seed_infer slower (44 ms vs 31 ms with
  * OpenBLAS held to one thread). Every row is summed in the same order
  * whichever rows it is computed with, so a recurrence split between threads
@@ -203,7 +205,11 @@ LSTMX_CELL_BACKWARD(double, f64)
 
 #if defined(__GNUC__) && !defined(LSTMX_PLAIN_C)  /* GCC, clang: vector extensions */
 
-#define LSTMX_MATVEC(T, SFX, LANES)                                           \
+/* The dot products of four rows (or one) of W with x, each summed in two
+ * LANES-wide partial sums (so that the adds of one row do not wait on each
+ * other), then across lanes, then the remainder: the same order for a row
+ * whichever rows it is computed with. */
+#define LSTMX_DOTS(T, SFX, LANES)                                             \
 typedef T vec_##SFX __attribute__((vector_size(LANES * sizeof(T))));         \
                                                                               \
 static inline LSTMX_INLINE vec_##SFX load_##SFX(const T *p)                   \
@@ -221,116 +227,144 @@ static inline LSTMX_INLINE T hsum_##SFX(vec_##SFX v)                          \
     return s;                                                                 \
 }                                                                             \
                                                                               \
-/* y (M) = W (M, K) x (K): four rows at a time, each with two LANES-wide  \
- * partial sums (so that the adds of one row do not wait on each other). */   \
-LSTMX_CLONES void lstmx_matvec_##SFX(ptrdiff_t M, ptrdiff_t K,                \
-                                     const T *restrict W,                     \
-                                     const T *restrict x, T *restrict y)      \
+static inline LSTMX_INLINE void dot4_##SFX(ptrdiff_t K, const T *w0,          \
+                                           const T *x, T *y)                  \
 {                                                                             \
-    ptrdiff_t r = 0;                                                          \
-    for (; r + 4 <= M; r += 4) {                                              \
-        const T *w0 = W + r * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;    \
-        vec_##SFX a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                     \
-        vec_##SFX b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                     \
-        ptrdiff_t k = 0;                                                      \
-        for (; k + 2 * LANES <= K; k += 2 * LANES) {                          \
-            vec_##SFX xa = load_##SFX(x + k), xb = load_##SFX(x + k + LANES); \
-            a0 += load_##SFX(w0 + k) * xa;                                    \
-            b0 += load_##SFX(w0 + k + LANES) * xb;                            \
-            a1 += load_##SFX(w1 + k) * xa;                                    \
-            b1 += load_##SFX(w1 + k + LANES) * xb;                            \
-            a2 += load_##SFX(w2 + k) * xa;                                    \
-            b2 += load_##SFX(w2 + k + LANES) * xb;                            \
-            a3 += load_##SFX(w3 + k) * xa;                                    \
-            b3 += load_##SFX(w3 + k + LANES) * xb;                            \
-        }                                                                     \
-        for (; k + LANES <= K; k += LANES) {                                  \
-            vec_##SFX xa = load_##SFX(x + k);                                 \
-            a0 += load_##SFX(w0 + k) * xa;                                    \
-            a1 += load_##SFX(w1 + k) * xa;                                    \
-            a2 += load_##SFX(w2 + k) * xa;                                    \
-            a3 += load_##SFX(w3 + k) * xa;                                    \
-        }                                                                     \
-        T s0 = hsum_##SFX(a0 + b0), s1 = hsum_##SFX(a1 + b1);                 \
-        T s2 = hsum_##SFX(a2 + b2), s3 = hsum_##SFX(a3 + b3);                 \
-        for (; k < K; k++) {                                                  \
-            s0 += w0[k] * x[k];                                               \
-            s1 += w1[k] * x[k];                                               \
-            s2 += w2[k] * x[k];                                               \
-            s3 += w3[k] * x[k];                                               \
-        }                                                                     \
-        y[r] = s0;                                                            \
-        y[r + 1] = s1;                                                        \
-        y[r + 2] = s2;                                                        \
-        y[r + 3] = s3;                                                        \
+    const T *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;                         \
+    vec_##SFX a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                         \
+    vec_##SFX b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                         \
+    ptrdiff_t k = 0;                                                          \
+    for (; k + 2 * LANES <= K; k += 2 * LANES) {                              \
+        vec_##SFX xa = load_##SFX(x + k), xb = load_##SFX(x + k + LANES);     \
+        a0 += load_##SFX(w0 + k) * xa;                                        \
+        b0 += load_##SFX(w0 + k + LANES) * xb;                                \
+        a1 += load_##SFX(w1 + k) * xa;                                        \
+        b1 += load_##SFX(w1 + k + LANES) * xb;                                \
+        a2 += load_##SFX(w2 + k) * xa;                                        \
+        b2 += load_##SFX(w2 + k + LANES) * xb;                                \
+        a3 += load_##SFX(w3 + k) * xa;                                        \
+        b3 += load_##SFX(w3 + k + LANES) * xb;                                \
     }                                                                         \
-    for (; r < M; r++) {  /* the same sums as above, one row */              \
-        const T *w0 = W + r * K;                                              \
-        vec_##SFX a0 = {0}, b0 = {0};                                         \
-        ptrdiff_t k = 0;                                                      \
-        for (; k + 2 * LANES <= K; k += 2 * LANES) {                          \
-            a0 += load_##SFX(w0 + k) * load_##SFX(x + k);                     \
-            b0 += load_##SFX(w0 + k + LANES) * load_##SFX(x + k + LANES);     \
-        }                                                                     \
-        for (; k + LANES <= K; k += LANES)                                    \
-            a0 += load_##SFX(w0 + k) * load_##SFX(x + k);                     \
-        T s0 = hsum_##SFX(a0 + b0);                                           \
-        for (; k < K; k++)                                                    \
-            s0 += w0[k] * x[k];                                               \
-        y[r] = s0;                                                            \
+    for (; k + LANES <= K; k += LANES) {                                      \
+        vec_##SFX xa = load_##SFX(x + k);                                     \
+        a0 += load_##SFX(w0 + k) * xa;                                        \
+        a1 += load_##SFX(w1 + k) * xa;                                        \
+        a2 += load_##SFX(w2 + k) * xa;                                        \
+        a3 += load_##SFX(w3 + k) * xa;                                        \
     }                                                                         \
+    T s0 = hsum_##SFX(a0 + b0), s1 = hsum_##SFX(a1 + b1);                     \
+    T s2 = hsum_##SFX(a2 + b2), s3 = hsum_##SFX(a3 + b3);                     \
+    for (; k < K; k++) {                                                      \
+        s0 += w0[k] * x[k];                                                   \
+        s1 += w1[k] * x[k];                                                   \
+        s2 += w2[k] * x[k];                                                   \
+        s3 += w3[k] * x[k];                                                   \
+    }                                                                         \
+    y[0] = s0;                                                                \
+    y[1] = s1;                                                                \
+    y[2] = s2;                                                                \
+    y[3] = s3;                                                                \
 }                                                                             \
                                                                               \
-/* y (K) = W^T x, W (M, K), x (M): y += x[r] W[r, :] row by row, four rows    \
- * at a time; the loop over k is elementwise, so it vectorizes as it is. */   \
-LSTMX_CLONES void lstmx_matvec_t_##SFX(ptrdiff_t M, ptrdiff_t K,              \
-                                       const T *restrict W,                   \
-                                       const T *restrict x, T *restrict y)    \
+static inline LSTMX_INLINE T dot1_##SFX(ptrdiff_t K, const T *w0, const T *x) \
 {                                                                             \
-    for (ptrdiff_t k = 0; k < K; k++)                                         \
-        y[k] = 0;                                                             \
-    ptrdiff_t r = 0;                                                          \
-    for (; r + 4 <= M; r += 4) {                                              \
-        const T *w0 = W + r * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;    \
-        T x0 = x[r], x1 = x[r + 1], x2 = x[r + 2], x3 = x[r + 3];             \
-        for (ptrdiff_t k = 0; k < K; k++)                                     \
-            y[k] = y[k] + x0 * w0[k] + x1 * w1[k] + x2 * w2[k] + x3 * w3[k];  \
+    vec_##SFX a0 = {0}, b0 = {0};                                             \
+    ptrdiff_t k = 0;                                                          \
+    for (; k + 2 * LANES <= K; k += 2 * LANES) {                              \
+        a0 += load_##SFX(w0 + k) * load_##SFX(x + k);                         \
+        b0 += load_##SFX(w0 + k + LANES) * load_##SFX(x + k + LANES);         \
     }                                                                         \
-    for (; r < M; r++)                                                        \
-        for (ptrdiff_t k = 0; k < K; k++)                                     \
-            y[k] += x[r] * W[r * K + k];                                      \
+    for (; k + LANES <= K; k += LANES)                                        \
+        a0 += load_##SFX(w0 + k) * load_##SFX(x + k);                         \
+    T s0 = hsum_##SFX(a0 + b0);                                               \
+    for (; k < K; k++)                                                        \
+        s0 += w0[k] * x[k];                                                   \
+    return s0;                                                                \
 }
 
-#else  /* no vector extensions (MSVC): the same sums, one lane */
+#else  /* no vector extensions (MSVC): one lane, the same order otherwise */
 
-#define LSTMX_MATVEC(T, SFX, LANES)                                           \
-LSTMX_CLONES void lstmx_matvec_##SFX(ptrdiff_t M, ptrdiff_t K,                \
-                                     const T *restrict W,                     \
-                                     const T *restrict x, T *restrict y)      \
+#define LSTMX_DOTS(T, SFX, LANES)                                             \
+static inline T dot1_##SFX(ptrdiff_t K, const T *w0, const T *x)              \
 {                                                                             \
-    for (ptrdiff_t r = 0; r < M; r++) {                                       \
-        T s = 0;                                                              \
-        for (ptrdiff_t k = 0; k < K; k++)                                     \
-            s += W[r * K + k] * x[k];                                         \
-        y[r] = s;                                                             \
-    }                                                                         \
+    T s = 0;                                                                  \
+    for (ptrdiff_t k = 0; k < K; k++)                                         \
+        s += w0[k] * x[k];                                                    \
+    return s;                                                                 \
 }                                                                             \
                                                                               \
-LSTMX_CLONES void lstmx_matvec_t_##SFX(ptrdiff_t M, ptrdiff_t K,              \
-                                       const T *restrict W,                   \
-                                       const T *restrict x, T *restrict y)    \
+static inline void dot4_##SFX(ptrdiff_t K, const T *w0, const T *x, T *y)     \
 {                                                                             \
-    for (ptrdiff_t k = 0; k < K; k++)                                         \
-        y[k] = 0;                                                             \
-    for (ptrdiff_t r = 0; r < M; r++)                                         \
-        for (ptrdiff_t k = 0; k < K; k++)                                     \
-            y[k] += x[r] * W[r * K + k];                                      \
+    for (int q = 0; q < 4; q++)                                               \
+        y[q] = dot1_##SFX(K, w0 + q * K, x);                                  \
 }
 
 #endif
 
-LSTMX_MATVEC(float, f32, 8)
-LSTMX_MATVEC(double, f64, 4)
+/* Y[n] (M) = W (M, K) X[n] (K) for the N vectors X[n] = X + n ldx, Y[n] =
+ * Y + n ldy: a block of four rows of W is read once from memory and used
+ * for every n while it is in L1 (unlike N matvecs); every row is summed in
+ * the same order as by matvec. */
+#define LSTMX_MATVEC(T, SFX)                                                  \
+LSTMX_CLONES void lstmx_matmat_##SFX(ptrdiff_t M, ptrdiff_t K,                \
+                                     const T *restrict W, ptrdiff_t N,        \
+                                     const T *restrict X, ptrdiff_t ldx,      \
+                                     T *restrict Y, ptrdiff_t ldy)            \
+{                                                                             \
+    ptrdiff_t r = 0;                                                          \
+    for (; r + 4 <= M; r += 4)                                                \
+        for (ptrdiff_t n = 0; n < N; n++)                                     \
+            dot4_##SFX(K, W + r * K, X + n * ldx, Y + n * ldy + r);           \
+    for (; r < M; r++)                                                        \
+        for (ptrdiff_t n = 0; n < N; n++)                                     \
+            Y[n * ldy + r] = dot1_##SFX(K, W + r * K, X + n * ldx);           \
+}                                                                             \
+                                                                              \
+void lstmx_matvec_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, const T *x,     \
+                        T *y)                                                 \
+{                                                                             \
+    lstmx_matmat_##SFX(M, K, W, 1, x, 0, y, 0);                               \
+}                                                                             \
+                                                                              \
+/* Y[n] (K) = W^T X[n] with W (M, K) and X[n] (M): Y[n] += X[n][r] W[r, :]    \
+ * row by row, four rows at a time; the loop over k is elementwise, so it    \
+ * vectorizes as it is, and the four rows stay in L1 for every n. */         \
+LSTMX_CLONES void lstmx_matmat_t_##SFX(ptrdiff_t M, ptrdiff_t K,              \
+                                       const T *restrict W, ptrdiff_t N,      \
+                                       const T *restrict X, ptrdiff_t ldx,    \
+                                       T *restrict Y, ptrdiff_t ldy)          \
+{                                                                             \
+    for (ptrdiff_t n = 0; n < N; n++)                                         \
+        for (ptrdiff_t k = 0; k < K; k++)                                     \
+            Y[n * ldy + k] = 0;                                               \
+    ptrdiff_t r = 0;                                                          \
+    for (; r + 4 <= M; r += 4) {                                              \
+        const T *w0 = W + r * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;    \
+        for (ptrdiff_t n = 0; n < N; n++) {                                   \
+            const T *x = X + n * ldx;                                         \
+            T *y = Y + n * ldy;                                               \
+            T x0 = x[r], x1 = x[r + 1], x2 = x[r + 2], x3 = x[r + 3];         \
+            for (ptrdiff_t k = 0; k < K; k++)                                 \
+                y[k] = y[k] + x0 * w0[k] + x1 * w1[k] + x2 * w2[k]            \
+                       + x3 * w3[k];                                          \
+        }                                                                     \
+    }                                                                         \
+    for (; r < M; r++)                                                        \
+        for (ptrdiff_t n = 0; n < N; n++)                                     \
+            for (ptrdiff_t k = 0; k < K; k++)                                 \
+                Y[n * ldy + k] += X[n * ldx + r] * W[r * K + k];              \
+}                                                                             \
+                                                                              \
+void lstmx_matvec_t_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, const T *x,   \
+                          T *y)                                               \
+{                                                                             \
+    lstmx_matmat_t_##SFX(M, K, W, 1, x, 0, y, 0);                             \
+}
+
+LSTMX_DOTS(float, f32, 8)
+LSTMX_DOTS(double, f64, 4)
+LSTMX_MATVEC(float, f32)
+LSTMX_MATVEC(double, f64)
 
 /* ---- a barrier for the threads that share one recurrence --------------- */
 

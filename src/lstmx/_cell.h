@@ -18,12 +18,19 @@
 LSTMX_DECLARE_CELL(float, f32)
 LSTMX_DECLARE_CELL(double, f64)
 
-/* Recurrent matrix-vector products of one step, N = 1 (see _cell.c). */
+/* Recurrent matrix-vector products of one step, for one or a few
+ * sequences (see _cell.c). */
 #define LSTMX_DECLARE_MATVEC(T, SFX)                                          \
     void lstmx_matvec_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W,            \
                             const T *x, T *y);                               \
     void lstmx_matvec_t_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W,          \
-                              const T *x, T *y);
+                              const T *x, T *y);                             \
+    void lstmx_matmat_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W,            \
+                            ptrdiff_t N, const T *X, ptrdiff_t ldx, T *Y,    \
+                            ptrdiff_t ldy);                                  \
+    void lstmx_matmat_t_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W,          \
+                              ptrdiff_t N, const T *X, ptrdiff_t ldx, T *Y,  \
+                              ptrdiff_t ldy);
 
 LSTMX_DECLARE_MATVEC(float, f32)
 LSTMX_DECLARE_MATVEC(double, f64)

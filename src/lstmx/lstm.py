@@ -37,6 +37,14 @@ FC_BIASES = "Fully_connected_layerbiases"
 # T=1000, N=1, float32, ms (split / one thread): H=8 0.71/0.37, H=16
 # 0.76/0.53, H=32 0.91/1.13, H=64 1.66/2.17, H=128 3.87/6.23.
 SPLIT_MIN_BYTES = 12 * 1024
+# A one-direction run on between this many sequences and SPLIT_MAX_BATCH
+# gives each of two threads half of them (see LSTM._split). Measured,
+# predict, float32, ms (halves on two threads / one thread): H=64 T=200 N=2
+# 1.04/0.92, N=4 1.57/1.93, N=8 2.45/3.40; H=320 T=100 N=4 12.0/11.8, N=8
+# 21.3/25.6, N=32 89.5/67.9; H=512 T=100 N=64 349/282. Beyond 16 a step is
+# a BLAS GEMM, which is better threaded by BLAS itself.
+SPLIT_MIN_BATCH = 4
+SPLIT_MAX_BATCH = 16
 
 
 class _Slot:
@@ -255,7 +263,19 @@ class LSTM:
     def _uses_two_threads(self, N):
         """Whether a run on N sequences keeps two threads of its own busy:
         then BLAS is held to one thread in each (see _threads)."""
-        return self.num_directions == 2 or self._split_recurrence(N)
+        return self.num_directions == 2 or self._split(N) is not None
+
+    def _split(self, N):
+        """How a forward run on N sequences uses two threads besides running
+        two directions at once: "units" (see _split_recurrence), "batch"
+        (one direction, SPLIT_MIN_BATCH <= N <= SPLIT_MAX_BATCH: each thread
+        runs half of the sequences, which are independent, so they never
+        wait for each other), or None."""
+        if self._split_recurrence(N):
+            return "units"
+        if self.num_directions == 1 and SPLIT_MIN_BATCH <= N <= SPLIT_MAX_BATCH:
+            return "batch"
+        return None
 
     def _split_recurrence(self, N):
         """Whether each recurrence is shared by two threads, each holding
@@ -296,7 +316,7 @@ class LSTM:
         H, D = self.hidden_size, self.num_directions
         dt = self.dtype
         empty = np.empty((0, 0, 0), dt)
-        split = self._split_recurrence(N)
+        split = self._split(N)
         # per thread: the recurrent term of a step
         rec = [np.empty((N, 4 * H), dt) for _ in range(2)]
         h_buf = [np.empty((2, N, H), dt) for _ in range(D)]
@@ -313,22 +333,29 @@ class LSTM:
             for d in range(D):
                 h_buf[d][0] = h[layer * D + d]
 
-            def run(d, thread, part=0, nparts=1, barrier=None, layer=layer, inp=inp,
-                    out=out, record=record):
-                # direction d, or part `part` of it, on thread `thread`:
-                # input projection, then the recurrence
+            def run(d, thread, part=0, nparts=1, barrier=None, n0=0, n1=-1, layer=layer,
+                    inp=inp, out=out, record=record):
+                # direction d on thread `thread`: all of it, its units' part
+                # `part` of `nparts`, or its sequences n0..n1-1
                 k = layer * D + d
                 w_x, w_h, bias, peep = self._kernel_params(k)
-                _lstm.lstm_forward(inp, w_x, w_h, bias, peep, lengths, d == 1, h_buf[d], c[k],
-                                   out, d * H, *record[d], rec[thread], part, nparts, barrier)
+                x_in = inp if n1 == -1 else empty   # projected already
+                _lstm.lstm_forward(x_in, w_x, w_h, bias, peep, lengths, d == 1, h_buf[d], c[k],
+                                   out, d * H, *record[d], rec[thread], part, nparts, barrier,
+                                   n0, n1)
 
-            if split:
+            if split == "units":
                 # each direction in turn, its units halved between two
-                # threads: half of W_h fits a core's cache (see
-                # _split_recurrence)
+                # threads that meet at every step (see _split_recurrence)
                 for d in range(D):
                     barrier = np.zeros(2, np.intc)
                     in_threads(2, lambda part, d=d, barrier=barrier: run(d, part, part, 2, barrier))
+            elif split == "batch":
+                # one direction: project all rows here (BLAS may use both
+                # cores), then each thread runs half of the sequences
+                _lstm.lstm_project(inp, self._packed[layer][0], record[0][0])
+                halves = (0, N // 2, N)
+                in_threads(2, lambda i: run(0, i, n0=halves[i], n1=halves[i + 1]))
             else:
                 # the directions at once, on two threads (see _threads)
                 in_threads(D, lambda d: run(d, thread=d))
