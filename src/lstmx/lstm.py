@@ -477,8 +477,12 @@ class LSTM:
         dh_n, dc_n = as_state(dstate, "dstate", self.num_layers * D, N, H, dt, cache.unbatched, check_finite)
 
         flat = np.zeros_like(self.flat)
-        # (with two directions, BLAS is held to one thread: see _threads)
-        with blas_held(D == 2):
+        # BLAS is held to one thread with two directions (see _threads), and
+        # for small batches: their GEMMs are too small to gain from threads,
+        # and OpenBLAS workers left spinning after them would take a core
+        # from the next forward's two threads (small_train: 41% of the
+        # samples in blas_thread_server)
+        with blas_held(D == 2 or N <= SPLIT_MAX_BATCH):
             if self.output_size is None:
                 dtop = dy
             else:
