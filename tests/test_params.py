@@ -10,7 +10,8 @@ import lstmx
 from helpers import Arch, random_x
 from reference import parameter_shapes
 
-SEED_DIR = Path("/work/shared/seeds")
+# The seed documents live in shared/seeds beside the checkout, where present.
+SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 
 # Seed 000's parameter list (copied from seeds/000_a257d66fb37e464b.txt, so the
 # test also runs where that folder is absent): 2-layer bidirectional peephole
