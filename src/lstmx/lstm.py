@@ -9,6 +9,7 @@ names of seed 000 are zero-copy views into it (DESIGN.md section 2). Each
 laid out in that order, layer after layer, direction fw then bw, followed by
 the head's weights (O, D*H) and biases (O,). Gradients use the same layout.
 """
+import threading
 from collections.abc import Mapping
 
 import numpy as np
@@ -139,6 +140,23 @@ class Cache:
         self.__dict__.update(kw)
 
 
+class _Workspace:
+    """Scratch arrays that :meth:`LSTM.predict` reuses from call to call:
+    kept between calls (about (2 + D) T N 4H values for the largest (T, N)
+    run last), used by one call at a time (``lock``)."""
+
+    def __init__(self, dtype):
+        self.lock = threading.Lock()
+        self.dtype = dtype
+        self.arrays = {}
+
+    def get(self, name, shape):
+        arr = self.arrays.get(name)
+        if arr is None or arr.shape != shape:
+            arr = self.arrays[name] = np.empty(shape, self.dtype)
+        return arr
+
+
 class LSTM:
     """A (stacked, optionally bidirectional) peephole LSTM with an optional
     fully connected head.
@@ -204,6 +222,7 @@ class LSTM:
         self.flat = np.empty(offset, dtype=self.dtype)
         self.params = NamedArrays(self.flat, self._named_views(self.flat))
         self._packed = [slot.packed(self.flat) for slot in self._slots]
+        self._workspace = _Workspace(self.dtype)
         self._no_peep = np.zeros(3 * H, dtype=self.dtype)
         self._no_peep.flags.writeable = False
         self.reset_parameters(seed)
@@ -309,22 +328,37 @@ class LSTM:
         h, c = as_state(state, "state", self.num_layers * D, N, H, self.dtype, unbatched, check_finite)
         return x, unbatched, lengths, ragged, h, c
 
-    def _run(self, x, lengths, ragged, h, c, training):
+    def _run(self, x, lengths, ragged, h, c, training, workspace=None):
         """Forward through every layer. h, c (L*D, N, H) are updated in place
-        to the final state. Returns (y (T, N, O or D*H), per-layer records)."""
+        to the final state. Returns (y (T, N, O or D*H), per-layer records).
+        ``workspace`` (inference only): a _Workspace whose arrays are reused
+        for everything but what is returned."""
         T, N, _ = x.shape
-        H, D = self.hidden_size, self.num_directions
+        H, D, L = self.hidden_size, self.num_directions, self.num_layers
         dt = self.dtype
         empty = np.empty((0, 0, 0), dt)
         split = self._split(N)
+
+        def scratch(name, shape):
+            if workspace is None:
+                return np.empty(shape, dt)
+            return workspace.get(name, shape)
+
         # per thread: the recurrent term of a step
-        rec = [np.empty((N, 4 * H), dt) for _ in range(2)]
-        h_buf = [np.empty((2, N, H), dt) for _ in range(D)]
-        gates = None if training else [np.empty((T, N, 4 * H), dt) for _ in range(D)]
+        rec = [scratch(f"rec{i}", (N, 4 * H)) for i in range(2)]
+        h_buf = [scratch(f"h_buf{d}", (2, N, H)) for d in range(D)]
+        gates = None if training else [scratch(f"gates{d}", (T, N, 4 * H)) for d in range(D)]
         layers = []
         inp = x
-        for layer in range(self.num_layers):
-            out = np.zeros((T, N, D * H), dt)
+        for layer in range(L):
+            if training or (layer == L - 1 and self.output_size is None):
+                out = np.zeros((T, N, D * H), dt)        # kept, or returned
+            else:
+                # layers alternate between two buffers; padded steps must
+                # read zero (the kernels write valid steps only)
+                out = scratch(f"out{layer % 2}", (T, N, D * H))
+                if ragged:
+                    out[...] = 0
             if training:
                 record = [(np.empty((T, N, 4 * H), dt), np.empty((T, N, H), dt),
                            np.empty((T, N, H), dt)) for _ in range(D)]
@@ -410,8 +444,16 @@ class LSTM:
         state : (h_n, c_n), only with return_state
         """
         x, unbatched, lengths, ragged, h, c = self._prepare(x, lengths, state, check_finite)
-        with blas_held(self._uses_two_threads(x.shape[1])):
-            y, _, _ = self._run(x, lengths, ragged, h, c, training=False)
+        # The workspace of the previous call is reused (no allocation, no
+        # page faults); a call made while another runs gets its own.
+        workspace = self._workspace if self._workspace.lock.acquire(blocking=False) else None
+        try:
+            with blas_held(self._uses_two_threads(x.shape[1])):
+                y, _, _ = self._run(x, lengths, ragged, h, c, training=False,
+                                    workspace=workspace)
+        finally:
+            if workspace is not None:
+                workspace.lock.release()
         y = self._to_user(y, unbatched)
         if return_state:
             return y, self._state_to_user(h, c, unbatched)

@@ -1,0 +1,56 @@
+"""predict reuses its scratch arrays from call to call (LSTM._workspace):
+results never depend on what an earlier call left there, a returned array
+is never written again, and calls from several threads at once are right."""
+import threading
+
+import numpy as np
+
+from helpers import Arch, random_x
+
+
+def _fresh_predict(net, x, lengths):
+    net._workspace.arrays.clear()
+    return net.predict(x, lengths=lengths)
+
+
+def test_reuse_across_shapes_and_lengths(rng):
+    net = Arch(4, 9, num_layers=3, bidirectional=True, peephole=True, output_size=2).make(
+        dtype=np.float64, seed=8)
+    calls = []
+    for T, N, ragged in [(7, 3, True), (7, 3, False), (5, 3, True), (7, 3, True), (7, 1, False)]:
+        x = random_x(rng, T, N, 4)
+        lengths = rng.integers(1, T + 1, N) if ragged else None
+        calls.append((x, lengths, net.predict(x, lengths=lengths)))
+    for x, lengths, y in calls:
+        np.testing.assert_array_equal(y, _fresh_predict(net, x, lengths))
+
+
+def test_returned_arrays_are_never_reused(rng):
+    for head in (None, 3):
+        net = Arch(4, 6, num_layers=2, output_size=head).make(dtype=np.float64, seed=9)
+        x = random_x(rng, 5, 2, 4)
+        y1, (h1, c1) = net.predict(x, return_state=True)
+        kept = y1.copy(), h1.copy(), c1.copy()
+        net.predict(random_x(rng, 5, 2, 4), return_state=True)
+        for a, b in zip((y1, h1, c1), kept):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_concurrent_calls_on_one_network(rng):
+    net = Arch(4, 16, num_layers=2, bidirectional=True, peephole=True, output_size=3).make(
+        dtype=np.float64, seed=10)
+    inputs = [random_x(rng, 30, 1 + i % 3, 4) for i in range(8)]
+    expected = [_fresh_predict(net, x, None) for x in inputs]
+    results = [None] * len(inputs)
+
+    def work(i):
+        for _ in range(5):
+            results[i] = net.predict(inputs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for y, y_ref in zip(results, expected):
+        np.testing.assert_array_equal(y, y_ref)
