@@ -385,8 +385,8 @@ class LSTM:
                     barrier = np.zeros(2, np.intc)
                     in_threads(2, lambda part, d=d, barrier=barrier: run(d, part, part, 2, barrier))
             elif split == "batch":
-                # one direction: project all rows here (BLAS may use both
-                # cores), then each thread runs half of the sequences
+                # one direction: project all rows here in one GEMM, then
+                # each thread runs half of the sequences
                 _lstm.lstm_project(inp, self._packed[layer][0], record[0][0])
                 halves = (0, N // 2, N)
                 in_threads(2, lambda i: run(0, i, n0=halves[i], n1=halves[i + 1]))
