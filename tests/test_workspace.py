@@ -54,3 +54,29 @@ def test_concurrent_calls_on_one_network(rng):
         t.join()
     for y, y_ref in zip(results, expected):
         np.testing.assert_array_equal(y, y_ref)
+
+
+def test_concurrent_split_recurrences(rng):
+    """Single sequences whose recurrence is split over two threads (they meet
+    at a barrier every step), predicted from several threads at once: the
+    second thread of each comes from one shared pool, and every call ends
+    with the right result."""
+    net = Arch(4, 64, num_layers=2, bidirectional=False, peephole=True, output_size=3).make(
+        dtype=np.float32, seed=11)
+    assert net._split(1) == "units"
+    inputs = [random_x(rng, 40, 1, 4).astype(np.float32) for _ in range(6)]
+    expected = [_fresh_predict(net, x, None) for x in inputs]
+    results = [None] * len(inputs)
+
+    def work(i):
+        for _ in range(3):
+            results[i] = net.predict(inputs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+        assert not t.is_alive()
+    for y, y_ref in zip(results, expected):
+        np.testing.assert_array_equal(y, y_ref)
