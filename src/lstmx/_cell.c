@@ -89,9 +89,6 @@ static inline LSTMX_INLINE float tanh_f32(float x)
     return copysignf(ax < 0.25f ? small : big, x);
 }
 
-float lstmx_expf(float x) { return exp_f32(x); }
-float lstmx_sigmoidf(float x) { return sigmoid_f32(x); }
-float lstmx_tanhf(float x) { return tanh_f32(x); }
 
 /* ---- float64 activations: libm ------------------------------------------ */
 
@@ -356,7 +353,22 @@ LSTMX_DOTS(double, f64, 4)
 
 /* ---- the kernels, built for each target, and the public functions ------- */
 
+/* The float32 activations over an array, for the tests of their error bound
+ * (built per target like the kernels that inline them). */
+#define LSTMX_ACTIVATIONS(V, ATTR)                                            \
+static ATTR void activations_f32##V(ptrdiff_t n, const float *restrict z,    \
+                                    float *restrict e, float *restrict s,     \
+                                    float *restrict t)                        \
+{                                                                             \
+    for (ptrdiff_t k = 0; k < n; k++) {                                       \
+        e[k] = exp_f32(z[k]);                                                 \
+        s[k] = sigmoid_f32(z[k]);                                             \
+        t[k] = tanh_f32(z[k]);                                                \
+    }                                                                         \
+}
+
 #define LSTMX_KERNELS(V, ATTR)                                                \
+    LSTMX_ACTIVATIONS(V, ATTR)                                                \
     LSTMX_CELL_FORWARD(float, f32, V, ATTR)                                   \
     LSTMX_CELL_FORWARD(double, f64, V, ATTR)                                  \
     LSTMX_CELL_BACKWARD(float, f32, V, ATTR)                                  \
@@ -426,6 +438,12 @@ void lstmx_matvec_t_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, const T *x,   \
 
 LSTMX_PUBLIC(float, f32)
 LSTMX_PUBLIC(double, f64)
+
+void lstmx_activations_f32(ptrdiff_t n, const float *z, float *e, float *s,
+                           float *t)
+{
+    LSTMX_PICK(activations_f32)(n, z, e, s, t);
+}
 
 /* ---- a barrier for the threads that share one recurrence --------------- */
 

@@ -50,8 +50,7 @@ static inline void lstmx_barrier_wait(int *b, int nthreads, int *sense)
 #endif
 
 /* The float32 activations, exported for the tests of their error bound. */
-float lstmx_expf(float x);
-float lstmx_sigmoidf(float x);
-float lstmx_tanhf(float x);
+void lstmx_activations_f32(ptrdiff_t n, const float *z, float *e, float *s,
+                           float *t);
 
 #endif

@@ -60,9 +60,8 @@ cdef extern from "_cell.h" nogil:
     void lstmx_matmat_t_f64(Py_ssize_t M, Py_ssize_t K, const double* W,
                             Py_ssize_t N, const double* X, Py_ssize_t ldx,
                             double* Y, Py_ssize_t ldy)
-    float lstmx_expf(float x)
-    float lstmx_sigmoidf(float x)
-    float lstmx_tanhf(float x)
+    void lstmx_activations_f32(Py_ssize_t n, const float* z, float* e,
+                               float* s, float* t)
 
 
 cdef inline void _cell_forward(Py_ssize_t n, Py_ssize_t H, floating* a,
@@ -90,12 +89,10 @@ cdef inline void _cell_backward(Py_ssize_t H, const floating* act,
 
 def _activations_f32(const float[::1] z, float[::1] exp_out,
                      float[::1] sigmoid_out, float[::1] tanh_out):
-    """Test hook: the float32 exp, sigmoid and tanh of the cell kernels."""
-    cdef Py_ssize_t k
-    for k in range(z.shape[0]):
-        exp_out[k] = lstmx_expf(z[k])
-        sigmoid_out[k] = lstmx_sigmoidf(z[k])
-        tanh_out[k] = lstmx_tanhf(z[k])
+    """Test hook: the float32 exp, sigmoid and tanh of the cell kernels, as
+    built for this CPU (baseline or AVX2 + FMA)."""
+    lstmx_activations_f32(z.shape[0], &z[0], &exp_out[0], &sigmoid_out[0],
+                          &tanh_out[0])
 
 
 cdef inline Py_ssize_t _time(Py_ssize_t s, Py_ssize_t length, bint reverse) noexcept nogil:
