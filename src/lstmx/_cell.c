@@ -107,48 +107,52 @@ static inline double tanh_f64(double x) { return tanh(x); }
  * NULL (training), else left as it was. c (n): state, updated in place.
  * h, h_out (n): where h_t goes (the next state; the output).
  * c_out (n): where c_t is kept, or NULL. */
-#define LSTMX_CELL_FORWARD(T, SFX, V, ATTR)                                   \
-static ATTR void cell_forward_##SFX##V(                                       \
+#define LSTMX_CELL_FORWARD_LOOP(T, SFX)                                       \
+static inline LSTMX_INLINE void cell_forward_loop_##SFX(                      \
     ptrdiff_t n, ptrdiff_t H, T *restrict a, const T *restrict rec,           \
     const T *restrict bias, const T *restrict peep, T *restrict h,            \
-    T *restrict c, T *restrict h_out, T *restrict c_out)                      \
+    T *restrict c, T *restrict h_out, T *restrict c_out, const int keep)      \
 {                                                                             \
-    if (c_out) {                                                              \
-        for (ptrdiff_t j = 0; j < n; j++) {                                   \
-            T c_prev = c[j];                                                  \
-            T i = sigmoid_##SFX(a[j] + rec[j] + bias[j] + peep[j] * c_prev);  \
-            T f = sigmoid_##SFX(a[H + j] + rec[H + j] + bias[H + j]           \
-                                + peep[H + j] * c_prev);                      \
-            T g = tanh_##SFX(a[2 * H + j] + rec[2 * H + j] + bias[2 * H + j]);\
-            T c_t = f * c_prev + i * g;                                       \
-            T o = sigmoid_##SFX(a[3 * H + j] + rec[3 * H + j]                 \
-                                + bias[3 * H + j] + peep[2 * H + j] * c_t);   \
-            T h_t = o * tanh_##SFX(c_t);                                      \
-            c[j] = c_t;                                                       \
-            h[j] = h_t;                                                       \
-            h_out[j] = h_t;                                                   \
+    for (ptrdiff_t j = 0; j < n; j++) {                                       \
+        T c_prev = c[j];                                                      \
+        T i = sigmoid_##SFX(a[j] + rec[j] + bias[j] + peep[j] * c_prev);      \
+        T f = sigmoid_##SFX(a[H + j] + rec[H + j] + bias[H + j]               \
+                            + peep[H + j] * c_prev);                          \
+        T g = tanh_##SFX(a[2 * H + j] + rec[2 * H + j] + bias[2 * H + j]);    \
+        T c_t = f * c_prev + i * g;                                           \
+        T o = sigmoid_##SFX(a[3 * H + j] + rec[3 * H + j]                     \
+                            + bias[3 * H + j] + peep[2 * H + j] * c_t);       \
+        T h_t = o * tanh_##SFX(c_t);                                          \
+        c[j] = c_t;                                                           \
+        h[j] = h_t;                                                           \
+        h_out[j] = h_t;                                                       \
+        if (keep) {                                                           \
             a[j] = i;                                                         \
             a[H + j] = f;                                                     \
             a[2 * H + j] = g;                                                 \
             a[3 * H + j] = o;                                                 \
             c_out[j] = c_t;                                                   \
         }                                                                     \
-    } else {                                                                  \
-        for (ptrdiff_t j = 0; j < n; j++) {                                   \
-            T c_prev = c[j];                                                  \
-            T i = sigmoid_##SFX(a[j] + rec[j] + bias[j] + peep[j] * c_prev);  \
-            T f = sigmoid_##SFX(a[H + j] + rec[H + j] + bias[H + j]           \
-                                + peep[H + j] * c_prev);                      \
-            T g = tanh_##SFX(a[2 * H + j] + rec[2 * H + j] + bias[2 * H + j]);\
-            T c_t = f * c_prev + i * g;                                       \
-            T o = sigmoid_##SFX(a[3 * H + j] + rec[3 * H + j]                 \
-                                + bias[3 * H + j] + peep[2 * H + j] * c_t);   \
-            T h_t = o * tanh_##SFX(c_t);                                      \
-            c[j] = c_t;                                                       \
-            h[j] = h_t;                                                       \
-            h_out[j] = h_t;                                                   \
-        }                                                                     \
     }                                                                         \
+}
+
+LSTMX_CELL_FORWARD_LOOP(float, f32)
+LSTMX_CELL_FORWARD_LOOP(double, f64)
+
+/* (the loop is inlined twice with a constant `keep`, so that each copy is
+ * one branch-free vectorized loop) */
+#define LSTMX_CELL_FORWARD(T, SFX, V, ATTR)                                   \
+static ATTR void cell_forward_##SFX##V(                                       \
+    ptrdiff_t n, ptrdiff_t H, T *restrict a, const T *restrict rec,           \
+    const T *restrict bias, const T *restrict peep, T *restrict h,            \
+    T *restrict c, T *restrict h_out, T *restrict c_out)                      \
+{                                                                             \
+    if (c_out)                                                                \
+        cell_forward_loop_##SFX(n, H, a, rec, bias, peep, h, c, h_out,        \
+                                c_out, 1);                                    \
+    else                                                                      \
+        cell_forward_loop_##SFX(n, H, a, rec, bias, peep, h, c, h_out,        \
+                                c_out, 0);                                    \
 }
 
 /* Backward, one step (seed 002 eqs 2-10, plus the peephole terms):
