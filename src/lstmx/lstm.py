@@ -10,9 +10,9 @@ laid out in that order, layer after layer, direction fw then bw, followed by
 the head's weights (O, D*H) and biases (O,). Gradients use the same layout.
 
 Row-major (4H, I) and (4H, H) keep every named view contiguous. Measured
-before choosing: scipy's sgemv over W_h at H=320 took 28 us stored (4H, H)
-row-major against 32 us transposed on one thread, and the order flipped at
-H=512 with two threads (78 vs 69 us) -- no layout won by much, and the
+before choosing, scipy's sgemv over W_h on one thread: at H=320 32 us in
+this layout against 28 us stored transposed, at H=512 69 against 78 us (two
+threads: 37 against 45 us) -- neither layout won throughout, and the
 recurrent products are now _cell.c's own, written for this layout.
 """
 import threading
