@@ -1,7 +1,7 @@
 """A single sequence's recurrence shared by two threads (lstm.SPLIT_MIN_BYTES)
 gives what one thread gives, and agrees with the reference.
 
-Each thread holds half of the units. The recurrent matvec sums every row in
+Each thread holds half of the units. The recurrent matmat sums every row in
 the same order however the rows are split; the input projection is then
 several narrower GEMMs, which BLAS may sum in another order (seen: 1 ulp),
 so the comparison allows a few ulps.

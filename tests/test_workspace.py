@@ -36,24 +36,30 @@ def test_returned_arrays_are_never_reused(rng):
             np.testing.assert_array_equal(a, b)
 
 
-def test_concurrent_calls_on_one_network(rng):
-    net = Arch(4, 16, num_layers=2, bidirectional=True, peephole=True, output_size=3).make(
-        dtype=np.float64, seed=10)
-    inputs = [random_x(rng, 30, 1 + i % 3, 4) for i in range(8)]
+def _check_predict_from_threads(net, inputs, repeats):
+    """Each input predicted `repeats` times, every input on its own thread at
+    once; every thread ends, with what one call on a fresh workspace gives."""
     expected = [_fresh_predict(net, x, None) for x in inputs]
     results = [None] * len(inputs)
 
     def work(i):
-        for _ in range(5):
+        for _ in range(repeats):
             results[i] = net.predict(inputs[i])
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=120)
+        assert not t.is_alive()
     for y, y_ref in zip(results, expected):
         np.testing.assert_array_equal(y, y_ref)
+
+
+def test_concurrent_calls_on_one_network(rng):
+    net = Arch(4, 16, num_layers=2, bidirectional=True, peephole=True, output_size=3).make(
+        dtype=np.float64, seed=10)
+    _check_predict_from_threads(net, [random_x(rng, 30, 1 + i % 3, 4) for i in range(8)], 5)
 
 
 def test_concurrent_split_recurrences(rng):
@@ -65,18 +71,4 @@ def test_concurrent_split_recurrences(rng):
         dtype=np.float32, seed=11)
     assert net._split(1) == "units"
     inputs = [random_x(rng, 40, 1, 4).astype(np.float32) for _ in range(6)]
-    expected = [_fresh_predict(net, x, None) for x in inputs]
-    results = [None] * len(inputs)
-
-    def work(i):
-        for _ in range(3):
-            results[i] = net.predict(inputs[i])
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-        assert not t.is_alive()
-    for y, y_ref in zip(results, expected):
-        np.testing.assert_array_equal(y, y_ref)
+    _check_predict_from_threads(net, inputs, 3)

@@ -176,6 +176,14 @@ def sgemm_peak(n=2048, seconds=1.0):
     return 2 * n**3 / t / 1e9
 
 
+def _ms(t):
+    return f"{t * 1e3:10.2f}" if t else f"{'-':>10}"
+
+
+def _ratio(a, b):
+    return f"{a / b:8.2f}" if b else f"{'-':>8}"
+
+
 def run_all(names=None, quick=False, out=print):
     """Time every workload with lstmx and its peers; print a table.
 
@@ -200,16 +208,9 @@ def run_all(names=None, quick=False, out=print):
         gflops = w.flops() / row["lstmx"] / 1e9
         row["gflops"], row["sgemm_peak_gflops"] = gflops, peak   # for lstmx bench --json
         rows.append(row)
-
-        def ms(t):
-            return f"{t * 1e3:10.2f}" if t else f"{'-':>10}"
-
-        def ratio(a, b):
-            return f"{a / b:8.2f}" if b else f"{'-':>8}"
-
-        out(f"{name:<13}{ms(row['lstmx'])}{ms(row['lstmx_plain'])}{ms(row['torch'])}"
-            f"{ms(row['onnxruntime'])}{ratio(row['lstmx_plain'], row['torch'])}"
-            f"{ratio(row['lstmx'], row['onnxruntime'])}{gflops:9.1f}{100 * gflops / peak:7.1f}")
+        out(f"{name:<13}{_ms(row['lstmx'])}{_ms(row['lstmx_plain'])}{_ms(row['torch'])}"
+            f"{_ms(row['onnxruntime'])}{_ratio(row['lstmx_plain'], row['torch'])}"
+            f"{_ratio(row['lstmx'], row['onnxruntime'])}{gflops:9.1f}{100 * gflops / peak:7.1f}")
     out("times in ms (best of the rounds); lstmx with peepholes, 'plain' without;"
         " /torch = plain / torch, /ort = lstmx / onnxruntime (peepholes on both)")
     return rows

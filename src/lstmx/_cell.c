@@ -307,7 +307,7 @@ static inline void dot4_##SFX(ptrdiff_t K, const T *w0, const T *x, T *y)     \
 /* Y[n] (M) = W (M, K) X[n] (K) for the N vectors X[n] = X + n ldx, Y[n] =
  * Y + n ldy: a block of four rows of W is read once from memory and used
  * for every n while it is in L1 (unlike N matvecs); every row is summed in
- * the same order as by matvec. */
+ * the same order whichever rows and sequences it is computed with. */
 #define LSTMX_MATMAT(T, SFX, V, ATTR)                                          \
 static ATTR void matmat_##SFX##V(ptrdiff_t M, ptrdiff_t K,                    \
                                      const T *restrict W, ptrdiff_t N,        \
@@ -426,18 +426,6 @@ void lstmx_matmat_t_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, ptrdiff_t N,  \
                           const T *X, ptrdiff_t ldx, T *Y, ptrdiff_t ldy)     \
 {                                                                             \
     LSTMX_PICK(matmat_t_##SFX)(M, K, W, N, X, ldx, Y, ldy);                   \
-}                                                                             \
-                                                                              \
-void lstmx_matvec_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, const T *x,     \
-                        T *y)                                                 \
-{                                                                             \
-    lstmx_matmat_##SFX(M, K, W, 1, x, 0, y, 0);                               \
-}                                                                             \
-                                                                              \
-void lstmx_matvec_t_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, const T *x,   \
-                          T *y)                                               \
-{                                                                             \
-    lstmx_matmat_t_##SFX(M, K, W, 1, x, 0, y, 0);                             \
 }
 
 LSTMX_PUBLIC(float, f32)

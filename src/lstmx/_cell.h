@@ -20,11 +20,7 @@ LSTMX_DECLARE_CELL(double, f64)
 
 /* Recurrent matrix-vector products of one step, for one or a few
  * sequences (see _cell.c). */
-#define LSTMX_DECLARE_MATVEC(T, SFX)                                          \
-    void lstmx_matvec_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W,            \
-                            const T *x, T *y);                               \
-    void lstmx_matvec_t_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W,          \
-                              const T *x, T *y);                             \
+#define LSTMX_DECLARE_MATMAT(T, SFX)                                          \
     void lstmx_matmat_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W,            \
                             ptrdiff_t N, const T *X, ptrdiff_t ldx, T *Y,    \
                             ptrdiff_t ldy);                                  \
@@ -32,8 +28,8 @@ LSTMX_DECLARE_CELL(double, f64)
                               ptrdiff_t N, const T *X, ptrdiff_t ldx, T *Y,  \
                               ptrdiff_t ldy);
 
-LSTMX_DECLARE_MATVEC(float, f32)
-LSTMX_DECLARE_MATVEC(double, f64)
+LSTMX_DECLARE_MATMAT(float, f32)
+LSTMX_DECLARE_MATMAT(double, f64)
 
 /* Threads sharing one recurrence wait for each other at every step (GCC and
  * clang atomics, POSIX sched_yield); elsewhere a recurrence runs on one

@@ -40,14 +40,6 @@ cdef extern from "_cell.h" nogil:
                                  const double* c_prev, const double* peep,
                                  const double* dh_out, const double* dh_next,
                                  double* dc, double* da, double* dpeep)
-    void lstmx_matvec_f32(Py_ssize_t M, Py_ssize_t K, const float* W,
-                          const float* x, float* y)
-    void lstmx_matvec_f64(Py_ssize_t M, Py_ssize_t K, const double* W,
-                          const double* x, double* y)
-    void lstmx_matvec_t_f32(Py_ssize_t M, Py_ssize_t K, const float* W,
-                            const float* x, float* y)
-    void lstmx_matvec_t_f64(Py_ssize_t M, Py_ssize_t K, const double* W,
-                            const double* x, double* y)
     void lstmx_matmat_f32(Py_ssize_t M, Py_ssize_t K, const float* W,
                           Py_ssize_t N, const float* X, Py_ssize_t ldx,
                           float* Y, Py_ssize_t ldy)
@@ -132,6 +124,23 @@ cdef inline void _matmat_t(Py_ssize_t M, Py_ssize_t K, const floating* W,
         lstmx_matmat_t_f64(M, K, W, N, X, ldx, Y, ldy)
 
 
+cdef void _project(Py_ssize_t R, Py_ssize_t I, Py_ssize_t H, Py_ssize_t u0,
+                   Py_ssize_t u1, const floating* x, const floating* w_x,
+                   floating* gates) noexcept nogil:
+    """Columns of units u0..u1-1 of each gate block of gates (R, 4H) =
+    X (R, I) W_x^T: one GEMM over all 4H columns when that is all units,
+    else one per gate block."""
+    cdef Py_ssize_t G = 4 * H, g
+    if u0 == 0 and u1 == H:
+        gemm(False, True, <int>R, <int>G, <int>I, <floating>1.0, x, <int>I,
+             w_x, <int>I, <floating>0.0, gates, <int>G)
+        return
+    for g in range(4):
+        gemm(False, True, <int>R, <int>(u1 - u0), <int>I, <floating>1.0, x,
+             <int>I, w_x + (g * H + u0) * I, <int>I, <floating>0.0,
+             gates + g * H + u0, <int>G)
+
+
 def lstm_project(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
                  floating[:, :, ::1] gates):
     """Input projection of all T*N rows in one GEMM: gates = X W_x^T.
@@ -139,10 +148,10 @@ def lstm_project(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     x (T, N, I); w_x (4H, I); gates (T, N, 4H) out. The bias is added by the
     cell. Run before the recurrence, from one thread: BLAS may use several.
     """
-    cdef int R = x.shape[0] * x.shape[1], I = x.shape[2], G = w_x.shape[0]
+    cdef Py_ssize_t H = w_x.shape[0] // 4
     with nogil:
-        gemm(False, True, R, G, I, <floating>1.0, &x[0, 0, 0], I,
-             &w_x[0, 0], I, <floating>0.0, &gates[0, 0, 0], G)
+        _project(x.shape[0] * x.shape[1], x.shape[2], H, 0, H, &x[0, 0, 0],
+                 &w_x[0, 0], &gates[0, 0, 0])
 
 
 cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
@@ -180,11 +189,7 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     cdef bint whole = u0 == 0 and u1 == H
     cdef int sense = 0
     if x != NULL:
-        # this part's columns of each gate block of gates = X W_x^T
-        for g in range(4):
-            gemm(False, True, <int>(T * N), <int>nu, <int>I, <floating>1.0, x,
-                 <int>I, w_x + (g * H + u0) * I, <int>I, <floating>0.0,
-                 gates + g * H + u0, <int>G)
+        _project(T * N, I, H, u0, u1, x, w_x, gates)
     if training:
         # Padded rows must be zero for backward's GEMMs over all rows.
         for n in range(n0, n1):

@@ -39,13 +39,19 @@ def check_int(value, name, minimum=1):
     return value
 
 
+def _asarray(a, name):
+    """np.asarray, with what it refuses (ragged lists, say) reported as a
+    ValueError naming the argument."""
+    try:
+        return np.asarray(a)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: could not be read as a numeric array ({exc})") from None
+
+
 def as_float_array(a, name, dtype, check_finite):
     """Convert array_like ``a`` of a real numeric dtype to a C-contiguous
     array of ``dtype`` (a copy only when needed)."""
-    try:
-        arr = np.asarray(a)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: could not be read as a numeric array ({exc})") from None
+    arr = _asarray(a, name)
     if arr.dtype.kind not in "iuf":
         raise TypeError(
             f"{name}: expected a real numeric array (integer or float), got dtype {arr.dtype}"
@@ -64,7 +70,7 @@ def as_sequence_input(x, input_size, dtype, batch_first, check_finite):
     """x -> (time-major (T, N, I) C-contiguous array, unbatched flag)."""
     layout = "(N, T, {})" if batch_first else "(T, N, {})"
     expected = layout.format(input_size) + f" or (T, {input_size})"
-    arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
+    arr = _asarray(x, "x")
     if arr.ndim not in (2, 3):
         raise ValueError(f"x: expected shape {expected}, got {arr.ndim}-d array of shape {_shape_text(arr.shape)}")
     if arr.shape[-1] != input_size:

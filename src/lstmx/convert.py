@@ -51,7 +51,7 @@ import re
 import numpy as np
 
 from .lstm import LSTM
-from .persist import write_atomically
+from .persist import _listing, write_atomically
 from ._validation import check_dtype
 
 __all__ = ["convert", "read", "write", "format_of", "FORMATS", "FormatError"]
@@ -196,12 +196,6 @@ def _flatten(obj, path, prefix=""):
         else:
             flat[prefix + key] = value
     return flat
-
-
-def _listing(keys, limit=5):
-    keys = sorted(keys)
-    more = len(keys) - limit
-    return ", ".join(map(repr, keys[:limit])) + (f" and {more} more" if more > 0 else "")
 
 
 def _from_state_dict(torch, obj, path):

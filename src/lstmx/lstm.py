@@ -285,10 +285,16 @@ class LSTM:
     # ------------------------------------------------------------------
     # running
 
-    def _uses_two_threads(self, N):
-        """Whether a run on N sequences keeps two threads of its own busy:
-        then BLAS is held to one thread in each (see _threads)."""
-        return self.num_directions == 2 or self._split(N) is not None
+    def _blas_single_threaded(self, N):
+        """Whether a run on N sequences holds BLAS to one thread (see
+        _threads): whenever it runs two threads of its own (two directions,
+        or a split one, N <= SPLIT_MAX_BATCH), and for small batches, whose
+        GEMMs are too small to gain from threads and whose OpenBLAS workers,
+        left spinning, would take a core from the next call's two threads
+        (small_train: 41% of the samples in blas_thread_server). Only one
+        direction of more than SPLIT_MAX_BATCH sequences lets BLAS thread
+        its per-step GEMMs."""
+        return self.num_directions == 2 or N <= SPLIT_MAX_BATCH
 
     def _split(self, N):
         """How a forward run on N sequences uses two threads besides running
@@ -454,7 +460,7 @@ class LSTM:
         # page faults); a call made while another runs gets its own.
         workspace = self._workspace if self._workspace.lock.acquire(blocking=False) else None
         try:
-            with blas_held(self._uses_two_threads(x.shape[1])):
+            with blas_held(self._blas_single_threaded(x.shape[1])):
                 y, _, _ = self._run(x, lengths, ragged, h, c, training=False,
                                     workspace=workspace)
         finally:
@@ -477,12 +483,12 @@ class LSTM:
         """
         x, unbatched, lengths, ragged, h, c = self._prepare(x, lengths, state, check_finite)
         c0 = c.copy()
-        with blas_held(self._uses_two_threads(x.shape[1])):
+        with blas_held(self._blas_single_threaded(x.shape[1])):
             y, top, layers = self._run(x, lengths, ragged, h, c, training=True)
         y_user = self._to_user(y, unbatched)
         cache = Cache(net=self, layers=layers, top=top, c0=c0, lengths=lengths,
                       ragged=ragged, unbatched=unbatched, y_shape=y_user.shape,
-                      state_shape=h.shape, state=self._state_to_user(h, c, unbatched))
+                      state=self._state_to_user(h, c, unbatched))
         return y_user, cache
 
     def backward(self, dy, cache, dstate=None, check_finite=True):
@@ -519,18 +525,14 @@ class LSTM:
             dy = dy[:, None, :]
         elif self.batch_first:
             dy = dy.transpose(1, 0, 2)
-        dy = np.array(dy, dtype=dt, order="C", copy=True)
         if cache.ragged:
-            dy[_padding_mask(cache.lengths, T)] = 0  # padded steps get no gradient
+            # padded steps get no gradient (a new array: the caller's stays)
+            dy = np.where(_padding_mask(cache.lengths, T)[:, :, None], 0, dy).astype(dt, copy=False)
+        dy = np.ascontiguousarray(dy)
         dh_n, dc_n = as_state(dstate, "dstate", self.num_layers * D, N, H, dt, cache.unbatched, check_finite)
 
         flat = np.zeros_like(self.flat)
-        # BLAS is held to one thread with two directions (see _threads), and
-        # for small batches: their GEMMs are too small to gain from threads,
-        # and OpenBLAS workers left spinning after them would take a core
-        # from the next forward's two threads (small_train: 41% of the
-        # samples in blas_thread_server)
-        with blas_held(D == 2 or N <= SPLIT_MAX_BATCH):
+        with blas_held(self._blas_single_threaded(N)):
             if self.output_size is None:
                 dtop = dy
             else:
