@@ -280,3 +280,40 @@ def test_single_sequence_gradients(hidden, bidirectional, rng):
     np.testing.assert_allclose(grads.x, central_difference(p.loss, p.x), rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(grads.state[0], central_difference(p.loss, p.state[0]),
                                rtol=RTOL, atol=ATOL)
+
+
+@pytest.fixture(params=["packed", "batch", "units"])
+def kernel_path(request, monkeypatch):
+    """The batched kernels' other paths, which the small problems here do
+    not take by themselves: the packed GEMM for the recurrent products
+    (beyond _lstm.SMALL_N sequences), and with it one direction split
+    across two threads, by sequences or by units (forward; backward halves
+    the sequences in both)."""
+    import lstmx
+    import lstmx.lstm as lstm_module
+    old = lstmx._lstm._set_small_n(0)
+    if request.param != "packed":
+        monkeypatch.setattr(lstm_module, "SPLIT_MIN_BATCH", 1)
+        monkeypatch.setattr(lstm_module, "BACKWARD_SPLIT_MIN_FLOPS", 0)
+    if request.param == "units":
+        monkeypatch.setattr(lstm_module, "SPLIT_BATCH_MAX_BYTES", 0)
+    yield request.param
+    lstmx._lstm._set_small_n(old)
+
+
+@pytest.mark.parametrize("arch", [Arch(I, H, 2, False, True, O), Arch(I, H, 2, False, False),
+                                  Arch(I, H, 1, True, True, O)], ids=lambda a: a.id)
+def test_gradients_on_every_kernel_path(arch, kernel_path, rng):
+    import lstmx
+    p = Problem(arch, rng)
+    if kernel_path != "packed" and arch.num_directions == 1:
+        assert p.net._split_backward(N)
+        units = kernel_path == "units" and lstmx._lstm.can_split()
+        assert p.net._split(N) == ("units" if units else "batch")
+    grads = p.grads()
+    for name, view in p.net.params.items():
+        np.testing.assert_allclose(grads[name], central_difference(p.loss, view),
+                                   rtol=RTOL, atol=ATOL, err_msg=name)
+    np.testing.assert_allclose(grads.x, central_difference(p.loss, p.x), rtol=RTOL, atol=ATOL)
+    for analytic, s in zip(grads.state, p.state):
+        np.testing.assert_allclose(analytic, central_difference(p.loss, s), rtol=RTOL, atol=ATOL)

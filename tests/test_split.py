@@ -69,13 +69,17 @@ def test_split_only_for_single_sequences_with_large_weights():
     assert not small._split_recurrence(1)
     assert large._split_recurrence(1) == lstmx._lstm.can_split()
     assert not large._split_recurrence(2)
+    assert not large._split_recurrence(64)            # the batch is halved instead
+    huge = lstmx.LSTM(4, 1024, dtype=np.float32)      # W_h 16 MB
+    assert huge._split_recurrence(64) == lstmx._lstm.can_split()
+    bi = lstmx.LSTM(4, 1024, bidirectional=True, dtype=np.float32)
+    assert not bi._split_recurrence(64)               # a direction on each thread
 
 
-@pytest.mark.parametrize("N", [4, 9, 16], ids=lambda n: f"N{n}")
+@pytest.mark.parametrize("N", [4, 9, 16, 40], ids=lambda n: f"N{n}")
 def test_batch_halves_on_two_threads(N, rng, monkeypatch):
-    """One direction, 4..16 sequences: each thread runs half of them
-    (lstm.SPLIT_MIN_BATCH); the same results as one thread (to rounding: a
-    half of 9 is within SMALL_N and runs matmat, all 9 a BLAS GEMM)."""
+    """One direction, 4 or more sequences: each thread runs half of them
+    (lstm.SPLIT_MIN_BATCH); the same results as one thread."""
     net = Arch(5, 12, num_layers=2, bidirectional=False, peephole=True, output_size=3).make(
         dtype=np.float64, seed=5)
     assert net._split(N) == "batch"
@@ -91,17 +95,63 @@ def test_batch_halves_on_two_threads(N, rng, monkeypatch):
 
 
 @pytest.mark.parametrize("N", [1, 3, 8, 9, 20], ids=lambda n: f"N{n}")
-def test_small_batch_products_match_blas(N, rng):
-    """Up to SMALL_N sequences the recurrent products are _cell.c's matmat,
-    beyond a BLAS GEMM: both agree with each other to rounding."""
+def test_matmat_and_packed_gemm_agree(N, rng):
+    """The two kernels of the recurrent products, _cell.c's matmat (up to
+    SMALL_N sequences) and its packed GEMM, agree to rounding."""
     net = Arch(5, 12, num_layers=1, bidirectional=True, peephole=True, output_size=3).make(
         dtype=np.float64, seed=6)
     x = random_x(rng, 6, N, 5)
-    ours = _run(net, x, None, None)
-    old = lstmx._lstm._set_small_n(0)
+    old = lstmx._lstm._set_small_n(1 << 30)
     try:
-        blas = _run(net, x, None, None)
+        matmat = _run(net, x, None, None)
+        lstmx._lstm._set_small_n(0)
+        packed = _run(net, x, None, None)
     finally:
         lstmx._lstm._set_small_n(old)
-    for a, b in zip(ours, blas):
+    for a, b in zip(matmat, packed):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_packed_gemm_against_numpy(dtype, rng):
+    """The packed GEMM on every remainder of its row tiles (6 rows) and
+    column panels (16 float32 or 8 float64 columns), both packings."""
+    tol = 2e-5 if dtype == np.float32 else 1e-13
+    for N in (1, 2, 5, 6, 7, 11, 13):
+        for M in (1, 7, 8, 9, 16, 17, 40):
+            for K in (1, 3, 33):
+                a = rng.standard_normal((N, K)).astype(dtype)
+                w = rng.standard_normal((M, K)).astype(dtype)
+                expected = a.astype(np.float64) @ w.T.astype(np.float64)
+                c = np.full((N, M), np.nan, dtype)
+                lstmx._lstm._gemm_packed_test(a, w, True, c)
+                np.testing.assert_allclose(c, expected, rtol=tol, atol=tol, err_msg=f"{N} {M} {K}")
+                c_cols = np.full((N, M), np.nan, dtype)
+                lstmx._lstm._gemm_packed_test(a, np.ascontiguousarray(w.T), False, c_cols)
+                # the same sums in the same order, whichever way B was packed
+                np.testing.assert_array_equal(c_cols, c)
+
+
+@needs_split
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_batch_split_by_units(dtype, rng, monkeypatch):
+    """One direction of several sequences with a W_h too large for both
+    threads to read (lstm.SPLIT_BATCH_MAX_BYTES, lowered here): forward
+    shares each step's packed GEMM between two threads by units; the same
+    results as one thread."""
+    N = 20
+    net = Arch(6, 64, num_layers=2, bidirectional=False, peephole=True, output_size=3).make(
+        dtype=dtype, seed=7)
+    monkeypatch.setattr(lstm_module, "SPLIT_BATCH_MAX_BYTES", 0)
+    assert net._split(N) == "units"
+    x = random_x(rng, 5, N, 6).astype(dtype)
+    state = random_state(rng, net, N)
+    lengths = rng.integers(1, 6, N)
+    split = _run(net, x, lengths, state)
+    monkeypatch.setattr(lstm_module, "SPLIT_MIN_BATCH", 1 << 30)
+    monkeypatch.setattr(lstm_module, "BACKWARD_SPLIT_MIN_FLOPS", 1 << 62)
+    assert net._split(N) is None and not net._split_backward(N)
+    whole = _run(net, x, lengths, state)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(split, whole):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)

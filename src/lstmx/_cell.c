@@ -1,6 +1,7 @@
 /* The per-step kernels: the elementwise LSTM cell (DESIGN.md section 1;
- * seed 002 + peepholes), the recurrent matrix-vector products of a few
- * sequences, and the barrier of a recurrence shared by two threads.
+ * seed 002 + peepholes), the recurrent products (matrix-vector for one
+ * sequence, a GEMM on a packed W_h for several), and the barrier of a
+ * recurrence shared by two threads.
  *
  * A cell call computes one step of one sequence over its units. The loops
  * are written so that the compiler vectorizes them: restrict pointers, no
@@ -355,6 +356,132 @@ static ATTR void matmat_t_##SFX##V(ptrdiff_t M, ptrdiff_t K,                 \
 LSTMX_DOTS(float, f32, 8)
 LSTMX_DOTS(double, f64, 4)
 
+/* ---- recurrent products of many sequences: a GEMM on W_h packed once ---- */
+
+/* With more than a few sequences a step's recurrent product is a GEMM,
+ * C (N, M) = A (N, K) B, the same B (W_h or W_h^T) at every step. BLAS
+ * packs B anew at every call (sgemm_*copy was 11% of big_infer and 21% of
+ * seed_train); here B is packed once per recurrence into panels of NR
+ * columns, P[p][k][c] = B[k][p NR + c] (zeros past the last column), and
+ * every step runs register tiles of MR rows x NR columns over it. Each
+ * C[n][m] is summed over k = 0, 1, ..., K-1 in order, in one tile or
+ * another: the same bits whichever rows and columns a thread computes. */
+#define LSTMX_MR 6
+
+#if defined(__GNUC__) && !defined(LSTMX_PLAIN_C)
+
+#define LSTMX_GEMM_TILE(T, SFX, LANES)                                        \
+/* C[r][0..nc) = sum_k A[r][k] P[k][0..nc) for r < mr: NR = 2 LANES columns,  \
+ * 2 mr accumulators (12 vector registers at mr = 6). */                     \
+static inline LSTMX_INLINE void tile_##SFX(ptrdiff_t K, const int mr,         \
+                                           const T *restrict A,               \
+                                           ptrdiff_t lda,                     \
+                                           const T *restrict P,               \
+                                           T *restrict C, ptrdiff_t ldc,      \
+                                           ptrdiff_t nc)                      \
+{                                                                             \
+    vec_##SFX lo[LSTMX_MR], hi[LSTMX_MR];                                     \
+    for (int r = 0; r < LSTMX_MR; r++) {                                      \
+        lo[r] = (vec_##SFX){0};                                               \
+        hi[r] = (vec_##SFX){0};                                               \
+    }                                                                         \
+    for (ptrdiff_t k = 0; k < K; k++) {                                       \
+        vec_##SFX b0 = load_##SFX(P + k * 2 * LANES);                         \
+        vec_##SFX b1 = load_##SFX(P + k * 2 * LANES + LANES);                 \
+        for (int r = 0; r < mr; r++) {                                        \
+            T a = A[r * lda + k];                                             \
+            lo[r] += b0 * a;                                                  \
+            hi[r] += b1 * a;                                                  \
+        }                                                                     \
+    }                                                                         \
+    for (int r = 0; r < mr; r++) {                                            \
+        if (nc == 2 * LANES) {                                                \
+            memcpy(C + r * ldc, &lo[r], sizeof lo[r]);                        \
+            memcpy(C + r * ldc + LANES, &hi[r], sizeof hi[r]);                \
+        } else {                                                              \
+            T row[2 * LANES];                                                 \
+            memcpy(row, &lo[r], sizeof lo[r]);                                \
+            memcpy(row + LANES, &hi[r], sizeof hi[r]);                        \
+            memcpy(C + r * ldc, row, nc * sizeof(T));                         \
+        }                                                                     \
+    }                                                                         \
+}
+
+#else  /* no vector extensions: the same sums, one column at a time */
+
+#define LSTMX_GEMM_TILE(T, SFX, LANES)                                        \
+static inline void tile_##SFX(ptrdiff_t K, const int mr, const T *A,          \
+                              ptrdiff_t lda, const T *P, T *C,                \
+                              ptrdiff_t ldc, ptrdiff_t nc)                    \
+{                                                                             \
+    for (int r = 0; r < mr; r++)                                              \
+        for (ptrdiff_t j = 0; j < nc; j++) {                                  \
+            T s = 0;                                                          \
+            for (ptrdiff_t k = 0; k < K; k++)                                 \
+                s += A[r * lda + k] * P[k * 2 * LANES + j];                   \
+            C[r * ldc + j] = s;                                               \
+        }                                                                     \
+}
+
+#endif
+
+/* Packing (a plain loop: once per recurrence, not per step). NR = 2 LANES.
+ * B[k][m] = W[m sm + k sk]: sm = ldw, sk = 1 packs B = W^T for W (M, K)
+ * (forward: rec = h W_h^T); sm = 1, sk = ldw packs B = W for W (K, M)
+ * (backward: dh = da W_h). */
+#define LSTMX_PACK(T, SFX, LANES)                                             \
+ptrdiff_t lstmx_packed_size_##SFX(ptrdiff_t M, ptrdiff_t K)                   \
+{                                                                             \
+    return (M + 2 * LANES - 1) / (2 * LANES) * 2 * LANES * K;                 \
+}                                                                             \
+                                                                              \
+void lstmx_pack_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, ptrdiff_t sm,    \
+                      ptrdiff_t sk, T *P)                                     \
+{                                                                             \
+    const ptrdiff_t NR = 2 * LANES;                                           \
+    for (ptrdiff_t j0 = 0; j0 < M; j0 += NR, P += NR * K)                     \
+        for (ptrdiff_t k = 0; k < K; k++)                                     \
+            for (ptrdiff_t c = 0; c < NR; c++)                                \
+                P[k * NR + c] = j0 + c < M ? W[(j0 + c) * sm + k * sk] : 0;   \
+}
+
+/* C (N, M), rows ldc apart, = A (N, K), rows lda apart, times the B packed
+ * in P. Column panels outside, row tiles inside: a panel (NR K values,
+ * 20 KB at K = 320 in float32) stays in L1 while every row tile reads it. */
+#define LSTMX_GEMM_PACKED(T, SFX, LANES, V, ATTR)                             \
+static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
+                                      const T *restrict A, ptrdiff_t lda,     \
+                                      const T *restrict P, T *restrict C,     \
+                                      ptrdiff_t ldc)                          \
+{                                                                             \
+    const ptrdiff_t NR = 2 * LANES;                                           \
+    for (ptrdiff_t j0 = 0; j0 < M; j0 += NR, P += NR * K) {                   \
+        ptrdiff_t nc = M - j0 < NR ? M - j0 : NR;                             \
+        ptrdiff_t n = 0;                                                      \
+        for (; n + LSTMX_MR <= N; n += LSTMX_MR)                              \
+            tile_##SFX(K, LSTMX_MR, A + n * lda, lda, P, C + n * ldc + j0,    \
+                       ldc, nc);                                              \
+        switch (N - n) {  /* the last rows, each count its own tile */        \
+        case 5: tile_##SFX(K, 5, A + n * lda, lda, P, C + n * ldc + j0,       \
+                           ldc, nc); break;                                   \
+        case 4: tile_##SFX(K, 4, A + n * lda, lda, P, C + n * ldc + j0,       \
+                           ldc, nc); break;                                   \
+        case 3: tile_##SFX(K, 3, A + n * lda, lda, P, C + n * ldc + j0,       \
+                           ldc, nc); break;                                   \
+        case 2: tile_##SFX(K, 2, A + n * lda, lda, P, C + n * ldc + j0,       \
+                           ldc, nc); break;                                   \
+        case 1: tile_##SFX(K, 1, A + n * lda, lda, P, C + n * ldc + j0,       \
+                           ldc, nc); break;                                   \
+        default: break;                                                       \
+        }                                                                     \
+    }                                                                         \
+}
+
+LSTMX_GEMM_TILE(float, f32, 8)
+LSTMX_GEMM_TILE(double, f64, 4)
+LSTMX_PACK(float, f32, 8)
+LSTMX_PACK(double, f64, 4)
+
 /* ---- the kernels, built for each target, and the public functions ------- */
 
 /* The float32 activations over an array, for the tests of their error bound
@@ -378,7 +505,9 @@ static ATTR void activations_f32##V(ptrdiff_t n, const float *restrict z,    \
     LSTMX_CELL_BACKWARD(float, f32, V, ATTR)                                  \
     LSTMX_CELL_BACKWARD(double, f64, V, ATTR)                                 \
     LSTMX_MATMAT(float, f32, V, ATTR)                                         \
-    LSTMX_MATMAT(double, f64, V, ATTR)
+    LSTMX_MATMAT(double, f64, V, ATTR)                                        \
+    LSTMX_GEMM_PACKED(float, f32, 8, V, ATTR)                                 \
+    LSTMX_GEMM_PACKED(double, f64, 4, V, ATTR)
 
 LSTMX_KERNELS(_base, )
 
@@ -426,6 +555,13 @@ void lstmx_matmat_t_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, ptrdiff_t N,  \
                           const T *X, ptrdiff_t ldx, T *Y, ptrdiff_t ldy)     \
 {                                                                             \
     LSTMX_PICK(matmat_t_##SFX)(M, K, W, N, X, ldx, Y, ldy);                   \
+}                                                                             \
+                                                                              \
+void lstmx_gemm_packed_##SFX(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,           \
+                             const T *A, ptrdiff_t lda, const T *P, T *C,     \
+                             ptrdiff_t ldc)                                   \
+{                                                                             \
+    LSTMX_PICK(gemm_packed_##SFX)(N, M, K, A, lda, P, C, ldc);                \
 }
 
 LSTMX_PUBLIC(float, f32)

@@ -31,6 +31,20 @@ LSTMX_DECLARE_CELL(double, f64)
 LSTMX_DECLARE_MATMAT(float, f32)
 LSTMX_DECLARE_MATMAT(double, f64)
 
+/* The recurrent product of many sequences, C (N, M) = A (N, K) B, with B
+ * packed once per recurrence (see _cell.c): B[k][m] = W[m sm + k sk]; P
+ * holds packed_size(M, K) elements. */
+#define LSTMX_DECLARE_GEMM(T, SFX)                                            \
+    ptrdiff_t lstmx_packed_size_##SFX(ptrdiff_t M, ptrdiff_t K);              \
+    void lstmx_pack_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W,              \
+                          ptrdiff_t sm, ptrdiff_t sk, T *P);                  \
+    void lstmx_gemm_packed_##SFX(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,       \
+                                 const T *A, ptrdiff_t lda, const T *P,       \
+                                 T *C, ptrdiff_t ldc);
+
+LSTMX_DECLARE_GEMM(float, f32)
+LSTMX_DECLARE_GEMM(double, f64)
+
 /* Threads sharing one recurrence wait for each other at every step (GCC and
  * clang atomics, POSIX sched_yield); elsewhere a recurrence runs on one
  * thread. */

@@ -15,6 +15,7 @@ s < lengths[n]; inactive sequences keep their state and get no output.
 The Python layer validates every shape before calling: bounds checks are off.
 Nothing is allocated here; the caller passes workspaces.
 """
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from cython cimport floating
 
@@ -54,6 +55,18 @@ cdef extern from "_cell.h" nogil:
                             double* Y, Py_ssize_t ldy)
     void lstmx_activations_f32(Py_ssize_t n, const float* z, float* e,
                                float* s, float* t)
+    Py_ssize_t lstmx_packed_size_f32(Py_ssize_t M, Py_ssize_t K)
+    Py_ssize_t lstmx_packed_size_f64(Py_ssize_t M, Py_ssize_t K)
+    void lstmx_pack_f32(Py_ssize_t M, Py_ssize_t K, const float* W,
+                        Py_ssize_t sm, Py_ssize_t sk, float* P)
+    void lstmx_pack_f64(Py_ssize_t M, Py_ssize_t K, const double* W,
+                        Py_ssize_t sm, Py_ssize_t sk, double* P)
+    void lstmx_gemm_packed_f32(Py_ssize_t N, Py_ssize_t M, Py_ssize_t K,
+                               const float* A, Py_ssize_t lda, const float* P,
+                               float* C, Py_ssize_t ldc)
+    void lstmx_gemm_packed_f64(Py_ssize_t N, Py_ssize_t M, Py_ssize_t K,
+                               const double* A, Py_ssize_t lda,
+                               const double* P, double* C, Py_ssize_t ldc)
 
 
 cdef inline void _cell_forward(Py_ssize_t n, Py_ssize_t H, floating* a,
@@ -96,12 +109,15 @@ cdef inline Py_ssize_t _time(Py_ssize_t s, Py_ssize_t length, bint reverse) noex
 # forward
 
 # Up to this many sequences, a step's recurrent product is _cell.c's matmat
-# (W_h read once, no packing); beyond, a BLAS GEMM, which reuses each weight
-# from registers across sequences. Measured, predict of one direction on one
-# thread, float32, ms (matmat / sgemm): H=64 T=200 N=4 1.66/3.26, N=8
-# 3.32/4.50, N=16 7.07/6.97, N=32 13.8/10.2; H=320 T=50 N=4 6.95/13.7, N=8
-# 13.3/14.5, N=16 27.2/23.6.
-cdef Py_ssize_t SMALL_N = 8
+# (W_h read as it is); beyond, its packed GEMM (W_h packed once per call,
+# each packed weight reused from registers across 6 sequences). Measured,
+# float32, ms (matmat / packed GEMM), bidirectional, each direction on one
+# thread: predict H=64 T=200 N=2 0.89/0.75, N=4 1.34/1.26, N=8 3.21/2.33;
+# H=320 T=50 N=2 3.24/3.22, N=4 5.26/4.00, N=8 10.2/6.7; backward H=64
+# T=200 N=1 1.21/1.14, N=4 3.03/2.65, N=8 5.62/4.80; H=320 T=50 N=4
+# 10.7/9.4. One sequence stays on matmat: seed_infer 22.7-25.5 ms against
+# 24.8-29.4 with the packed GEMM.
+cdef Py_ssize_t SMALL_N = 1
 
 
 cdef inline void _matmat(Py_ssize_t M, Py_ssize_t K, const floating* W,
@@ -122,6 +138,60 @@ cdef inline void _matmat_t(Py_ssize_t M, Py_ssize_t K, const floating* W,
         lstmx_matmat_t_f32(M, K, W, N, X, ldx, Y, ldy)
     else:
         lstmx_matmat_t_f64(M, K, W, N, X, ldx, Y, ldy)
+
+
+cdef inline Py_ssize_t _packed_size(Py_ssize_t M, Py_ssize_t K,
+                                    const floating* like) noexcept nogil:
+    """Elements of a packed B with M columns and K rows (like: the dtype)."""
+    if floating is float:
+        return lstmx_packed_size_f32(M, K)
+    else:
+        return lstmx_packed_size_f64(M, K)
+
+
+cdef inline void _pack(Py_ssize_t M, Py_ssize_t K, const floating* W,
+                       Py_ssize_t sm, Py_ssize_t sk, floating* P) noexcept nogil:
+    """Pack B (K, M), B[k][m] = W[m sm + k sk], for _gemm_packed (_cell.c):
+    sm = ldw, sk = 1 for B = W^T; sm = 1, sk = ldw for B = W."""
+    if floating is float:
+        lstmx_pack_f32(M, K, W, sm, sk, P)
+    else:
+        lstmx_pack_f64(M, K, W, sm, sk, P)
+
+
+cdef inline void _gemm_packed(Py_ssize_t N, Py_ssize_t M, Py_ssize_t K,
+                              const floating* A, Py_ssize_t lda,
+                              const floating* P, floating* C,
+                              Py_ssize_t ldc) noexcept nogil:
+    """C (N, M) = A (N, K) B, B packed in P (_cell.c)."""
+    if floating is float:
+        lstmx_gemm_packed_f32(N, M, K, A, lda, P, C, ldc)
+    else:
+        lstmx_gemm_packed_f64(N, M, K, A, lda, P, C, ldc)
+
+
+cdef floating* _alloc(Py_ssize_t n, const floating* like) except NULL:
+    """n elements for a packed W_h, freed by the caller (like: the dtype)."""
+    cdef floating* p = <floating*>malloc(max(n, 1) * sizeof(floating))
+    if p == NULL:
+        raise MemoryError(f"could not allocate {n * sizeof(floating)} bytes for a packed W_h")
+    return p
+
+
+def _gemm_packed_test(const floating[:, ::1] a, const floating[:, ::1] w, bint transposed,
+                      floating[:, ::1] c):
+    """Test hook: c (N, M) = a (N, K) w^T for w (M, K) (transposed), or
+    a w for w (K, M), through _cell.c's packing and packed GEMM."""
+    cdef Py_ssize_t N = a.shape[0], K = a.shape[1], M = c.shape[1]
+    cdef floating* P = _alloc(_packed_size(M, K, &a[0, 0]), &a[0, 0])
+    try:
+        if transposed:
+            _pack(M, K, &w[0, 0], w.shape[1], 1, P)
+        else:
+            _pack(M, K, &w[0, 0], 1, w.shape[1], P)
+        _gemm_packed(N, M, K, &a[0, 0], K, P, &c[0, 0], M)
+    finally:
+        free(P)
 
 
 cdef void _project(Py_ssize_t R, Py_ssize_t I, Py_ssize_t H, Py_ssize_t u0,
@@ -162,8 +232,8 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
                    floating* h_buf, floating* c,
                    floating* out, Py_ssize_t ld_out,
                    floating* gates, floating* c_all, floating* h_prev_all,
-                   floating* rec, int* barrier, int nparts,
-                   Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
+                   floating* rec, floating* w_pack, int* barrier,
+                   int nparts, Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
     """The recurrence of one direction of one layer over T steps, for the
     units u0 <= j < u1 of H: one of ``nparts`` threads that share it.
 
@@ -175,8 +245,11 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     h_buf[T % 2]. c (N, H): the cell state, in place. out: h_t of row r goes
     to out + r * ld_out. gates (T, N, 4H): activated gates out when
     training. c_all, h_prev_all (T, N, H): c_t and h_{t-1} per row for
-    backward, or NULL for inference. rec (N, 4H) workspace. barrier: two
-    ints shared by the parts, waited at at the end of every step.
+    backward, or NULL for inference. rec (N, 4H) workspace. w_pack: room
+    for this part's rows of W_h packed (_forward_pack_size), or NULL when
+    the recurrent products are matmat's (at most SMALL_N sequences).
+    barrier: two ints shared by the parts, waited at at the end of every
+    step.
 
     Only the sequences n0 <= n < n1 are run: sequences are independent, so
     threads given disjoint ranges (and all the units) need no barrier.
@@ -188,8 +261,15 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     cdef bint training = c_all != NULL
     cdef bint whole = u0 == 0 and u1 == H
     cdef int sense = 0
+    cdef Py_ssize_t seg = _packed_size(nu, H, w_h)   # one gate block's
     if x != NULL:
         _project(T * N, I, H, u0, u1, x, w_x, gates)
+    if w_pack != NULL:
+        if whole:
+            _pack(G, H, w_h, H, 1, w_pack)
+        else:
+            for g in range(4):
+                _pack(nu, H, w_h + (g * H + u0) * H, H, 1, w_pack + g * seg)
     if training:
         # Padded rows must be zero for backward's GEMMs over all rows.
         for n in range(n0, n1):
@@ -200,21 +280,18 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
         nxt = h_buf + ((s + 1) % 2) * N * H
         # Recurrent term of all sequences, this part's rows of each gate:
         # rec = h_{t-1} W_h^T.
-        if whole and Nb <= SMALL_N:
+        if whole and w_pack == NULL:
             _matmat(G, H, w_h, Nb, cur + n0 * H, H, rec + n0 * G, G)
         elif whole:
-            gemm(False, True, <int>Nb, <int>G, <int>H, <floating>1.0,
-                 cur + n0 * H, <int>H, w_h, <int>H, <floating>0.0,
-                 rec + n0 * G, <int>G)
+            _gemm_packed(Nb, G, H, cur + n0 * H, H, w_pack, rec + n0 * G, G)
         else:
             for g in range(4):
-                if N <= SMALL_N:
+                if w_pack == NULL:
                     _matmat(nu, H, w_h + (g * H + u0) * H, N, cur, H,
                             rec + g * H + u0, G)
                 else:
-                    gemm(False, True, <int>N, <int>nu, <int>H, <floating>1.0,
-                         cur, <int>H, w_h + (g * H + u0) * H, <int>H,
-                         <floating>0.0, rec + g * H + u0, <int>G)
+                    _gemm_packed(N, nu, H, cur, H, w_pack + g * seg,
+                                 rec + g * H + u0, G)
         for n in range(n0, n1):
             if s >= lengths[n]:
                 # finished: the state is carried over unchanged
@@ -275,11 +352,18 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
         raise ValueError("nparts > 1 needs the barrier of _cell.c, not built here")
     if not (0 <= n0 < n1 <= N) or ((n0 or n1 != N) and (nparts > 1 or x_p != NULL)):
         raise ValueError("n0, n1: a range of sequences, with nparts == 1 and x empty")
-    with nogil:
-        _forward(T, N, I, H, u0, u1, x_p, &w_x[0, 0], &w_h[0, 0], &bias[0],
-                 &peep[0], &lengths[0], reverse, &h_buf[0, 0, 0], &c[0, 0],
-                 &out[0, 0, out_col], out.shape[2], &gates[0, 0, 0],
-                 c_all_p, h_prev_p, &rec[0, 0], barrier_p, nparts, n0, n1)
+    cdef floating* w_pack = NULL
+    if (n1 - n0 if nparts == 1 else N) > SMALL_N:
+        w_pack = _alloc(4 * _packed_size(u1 - u0, H, &w_h[0, 0]), &w_h[0, 0])
+    try:
+        with nogil:
+            _forward(T, N, I, H, u0, u1, x_p, &w_x[0, 0], &w_h[0, 0], &bias[0],
+                     &peep[0], &lengths[0], reverse, &h_buf[0, 0, 0], &c[0, 0],
+                     &out[0, 0, out_col], out.shape[2], &gates[0, 0, 0],
+                     c_all_p, h_prev_p, &rec[0, 0], w_pack, barrier_p, nparts,
+                     n0, n1)
+    finally:
+        free(w_pack)
 
 
 def can_split():
@@ -299,26 +383,36 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
                     floating* dbias, floating* dpeep,
                     floating* dh0, floating* dc0,
                     floating* dgates, floating* drec,
-                    floating* dh_rec) noexcept nogil:
+                    floating* dh_rec, floating* w_pack,
+                    Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
     """The recurrence of exact BPTT for one direction of one layer.
 
     Per step only the elementwise derivatives and dh_{t-1} = da W_h
     (seed 002, eq 14); dgates (T, N, 4H) gets every step's da (zero at
     padded rows) for ``lstm_backward_weights``. dbias (4H,) = sum of da
     (eq 15) and dpeep (3H,) are overwritten; dh0, dc0 (N, H) out.
-    drec (N, 4H) and dh_rec (N, H) are workspaces.
+    drec (N, 4H) and dh_rec (N, H) are workspaces; w_pack has room for
+    W_h packed (_packed_size(H, 4H)), or is NULL when the products are
+    matmat's (at most SMALL_N sequences).
+
+    Only the sequences n0 <= n < n1 are run, and dbias and dpeep are theirs:
+    sequences are independent, so threads given disjoint ranges (each with
+    its own dbias and dpeep) need no barrier.
     """
-    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t G = 4 * H, Nb = n1 - n0
     cdef Py_ssize_t s, n, t, t_prev, row, j, L
     cdef const floating* c_prev
     cdef const floating* dh_next
-    memcpy(dc0, dc_n, N * H * sizeof(floating))   # dc0 carries dL/dc
+    # dc0 carries dL/dc
+    memcpy(dc0 + n0 * H, dc_n + n0 * H, Nb * H * sizeof(floating))
+    if w_pack != NULL:
+        _pack(H, G, w_h, 1, H, w_pack)
     memset(dpeep, 0, 3 * H * sizeof(floating))
-    for n in range(N):
+    for n in range(n0, n1):
         for t in range(lengths[n], T):
             memset(dgates + (t * N + n) * G, 0, G * sizeof(floating))
     for s in range(T - 1, -1, -1):
-        for n in range(N):
+        for n in range(n0, n1):
             L = lengths[n]
             if s >= L:
                 memset(drec + n * G, 0, G * sizeof(floating))
@@ -337,16 +431,17 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
                            drec + n * G, dpeep)
             memcpy(dgates + row * G, drec + n * G, G * sizeof(floating))
         # dh_{t-1} = da W_h (seed 002, eq 14)
-        if N <= SMALL_N:
-            _matmat_t(G, H, w_h, N, drec, G, dh_rec, H)
+        if w_pack == NULL:
+            _matmat_t(G, H, w_h, Nb, drec + n0 * G, G, dh_rec + n0 * H, H)
         else:
-            gemm(False, False, <int>N, <int>H, <int>G, <floating>1.0, drec,
-                 <int>G, w_h, <int>H, <floating>0.0, dh_rec, <int>H)
-    memcpy(dh0, dh_rec, N * H * sizeof(floating))
+            _gemm_packed(Nb, H, G, drec + n0 * G, G, w_pack, dh_rec + n0 * H, H)
+    memcpy(dh0 + n0 * H, dh_rec + n0 * H, Nb * H * sizeof(floating))
     memset(dbias, 0, G * sizeof(floating))
-    for row in range(T * N):
-        for j in range(G):
-            dbias[j] += dgates[row * G + j]
+    for t in range(T):
+        for n in range(n0, n1):
+            row = t * N + n
+            for j in range(G):
+                dbias[j] += dgates[row * G + j]
 
 
 def lstm_backward(const floating[:, ::1] w_h, const floating[::1] peep,
@@ -359,21 +454,36 @@ def lstm_backward(const floating[:, ::1] w_h, const floating[::1] peep,
                   floating[::1] dbias, floating[::1] dpeep,
                   floating[:, ::1] dh0, floating[:, ::1] dc0,
                   floating[:, :, ::1] dgates, floating[:, ::1] drec,
-                  floating[:, ::1] dh_rec):
+                  floating[:, ::1] dh_rec, Py_ssize_t n0=0, Py_ssize_t n1=-1):
     """The BPTT recurrence of one direction of one layer; see ``_backward``.
 
     gates, c_all from a training ``lstm_forward``; dout (T, N, D*H) is
     dL/d(layer output), this direction's columns start at dout_col; dh_n,
     dc_n (N, H) are dL/d(final state). Then call ``lstm_backward_weights``
     with dgates.
+
+    Only the sequences n0 <= n < n1 (n1 = -1: to N) are run, their rows of
+    dh0, dc0 and dgates written and their sums put in dbias and dpeep:
+    threads given disjoint ranges and their own dbias and dpeep run at once.
     """
     cdef Py_ssize_t T = gates.shape[0], N = gates.shape[1], H = w_h.shape[1]
-    with nogil:
-        _backward(T, N, H, &w_h[0, 0], &peep[0], &lengths[0], reverse,
-                  &c0[0, 0], &gates[0, 0, 0], &c_all[0, 0, 0],
-                  &dout[0, 0, dout_col], dout.shape[2], &dh_n[0, 0],
-                  &dc_n[0, 0], &dbias[0], &dpeep[0], &dh0[0, 0], &dc0[0, 0],
-                  &dgates[0, 0, 0], &drec[0, 0], &dh_rec[0, 0])
+    cdef floating* w_pack = NULL
+    if n1 < 0:
+        n1 = N
+    if not 0 <= n0 < n1 <= N:
+        raise ValueError("n0, n1: a range of sequences")
+    if n1 - n0 > SMALL_N:
+        w_pack = _alloc(_packed_size(H, 4 * H, &w_h[0, 0]), &w_h[0, 0])
+    try:
+        with nogil:
+            _backward(T, N, H, &w_h[0, 0], &peep[0], &lengths[0], reverse,
+                      &c0[0, 0], &gates[0, 0, 0], &c_all[0, 0, 0],
+                      &dout[0, 0, dout_col], dout.shape[2], &dh_n[0, 0],
+                      &dc_n[0, 0], &dbias[0], &dpeep[0], &dh0[0, 0], &dc0[0, 0],
+                      &dgates[0, 0, 0], &drec[0, 0], &dh_rec[0, 0], w_pack,
+                      n0, n1)
+    finally:
+        free(w_pack)
 
 
 def lstm_backward_weights(const floating[:, :, ::1] x,
@@ -381,24 +491,36 @@ def lstm_backward_weights(const floating[:, :, ::1] x,
                           const floating[:, :, ::1] h_prev_all,
                           const floating[:, :, ::1] dgates,
                           floating[:, ::1] dw_x, floating[:, ::1] dw_h,
-                          floating[:, :, ::1] dx, bint accumulate_dx):
+                          floating[:, :, ::1] dx, bint accumulate_dx,
+                          int part=0, int nparts=1):
     """Weight and input gradients over all T*N rows at once (seed 002,
     eqs 11-13): dW_x = dA^T X, dW_h = dA^T H_prev, dX = dA W_x.
 
     x (T, N, I); w_x (4H, I); h_prev_all (T, N, H); dgates (T, N, 4H);
     dw_x (4H, I), dw_h (4H, H) overwritten; dx (T, N, I) overwritten, or
     added to when accumulate_dx. Run from one thread: BLAS may use several.
+
+    With nparts > 1, part p computes the p-th slice of the rows of dW_x,
+    dW_h and dX: the parts can run at once on threads of their own, each
+    with BLAS on one thread.
     """
     cdef int R = x.shape[0] * x.shape[1], I = x.shape[2]
     cdef int G = dgates.shape[2], H = h_prev_all.shape[2]
+    cdef int g0 = G * part // nparts, g1 = G * (part + 1) // nparts
+    cdef int r0 = <int>(<long long>R * part // nparts)
+    cdef int r1 = <int>(<long long>R * (part + 1) // nparts)
     cdef floating beta = 1.0 if accumulate_dx else 0.0
+    if not 0 <= part < nparts:
+        raise ValueError("part: expected 0 <= part < nparts")
     with nogil:
-        gemm(True, False, G, I, R, <floating>1.0, &dgates[0, 0, 0], G,
-             &x[0, 0, 0], I, <floating>0.0, &dw_x[0, 0], I)
-        gemm(True, False, G, H, R, <floating>1.0, &dgates[0, 0, 0], G,
-             &h_prev_all[0, 0, 0], H, <floating>0.0, &dw_h[0, 0], H)
-        gemm(False, False, R, I, G, <floating>1.0, &dgates[0, 0, 0], G,
-             &w_x[0, 0], I, beta, &dx[0, 0, 0], I)
+        if g1 > g0:
+            gemm(True, False, g1 - g0, I, R, <floating>1.0, &dgates[0, 0, g0], G,
+                 &x[0, 0, 0], I, <floating>0.0, &dw_x[g0, 0], I)
+            gemm(True, False, g1 - g0, H, R, <floating>1.0, &dgates[0, 0, g0], G,
+                 &h_prev_all[0, 0, 0], H, <floating>0.0, &dw_h[g0, 0], H)
+        if r1 > r0:
+            gemm(False, False, r1 - r0, I, G, <floating>1.0, &dgates[0, 0, 0] + <Py_ssize_t>r0 * G, G,
+                 &w_x[0, 0], I, beta, &dx[0, 0, 0] + <Py_ssize_t>r0 * I, I)
 
 
 # --------------------------------------------------------------------------
@@ -433,7 +555,8 @@ def linear_backward(const floating[:, ::1] h, const floating[:, ::1] w,
 
 def _set_small_n(Py_ssize_t n):
     """Test and tuning hook: the largest N whose recurrent products use
-    _cell.c's matmat rather than BLAS (see SMALL_N). Returns the old value."""
+    _cell.c's matmat rather than its packed GEMM (see SMALL_N). Returns the
+    old value."""
     global SMALL_N
     old, SMALL_N = SMALL_N, n
     return old

@@ -52,12 +52,13 @@ def _single_blas_thread(run, d):
 
 
 @contextlib.contextmanager
-def blas_held(active=True):
-    """Hold this thread's BLAS to one thread while the block runs, when
-    ``active``: for calls that run their own two threads, so that OpenBLAS
-    workers left spinning by a GEMM of this thread (the head's, say) do not
-    take a core from them."""
-    if not active or _set_local is None:
+def blas_held():
+    """Hold this thread's BLAS to one thread while the block runs: lstmx's
+    calls run two threads of their own where they gain from them, and
+    OpenBLAS workers left spinning by a GEMM of the calling thread (the
+    head's, say) would take a core from them (small_train: 41% of the
+    samples in blas_thread_server)."""
+    if _set_local is None:
         yield
         return
     previous = _set_local(1)

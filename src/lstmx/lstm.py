@@ -44,14 +44,25 @@ FC_BIASES = "Fully_connected_layerbiases"
 # T=1000, N=1, float32, ms (split / one thread): H=8 0.71/0.37, H=16
 # 0.76/0.53, H=32 0.91/1.13, H=64 1.66/2.17, H=128 3.87/6.23.
 SPLIT_MIN_BYTES = 12 * 1024
-# A one-direction run on between this many sequences and SPLIT_MAX_BATCH
-# gives each of two threads half of them (see LSTM._split). Measured,
-# predict, float32, ms (halves on two threads / one thread): H=64 T=200 N=2
-# 1.04/0.92, N=4 1.57/1.93, N=8 2.45/3.40; H=320 T=100 N=4 12.0/11.8, N=8
-# 21.3/25.6, N=32 89.5/67.9; H=512 T=100 N=64 349/282. Beyond 16 a step is
-# a BLAS GEMM, which is better threaded by BLAS itself.
+# A one-direction run on at least this many sequences gives each of two
+# threads half of them (see LSTM._split). Measured, predict, float32, ms
+# (halves on two threads / one thread): H=64 T=200 N=2 1.04/0.92, N=4
+# 1.00/0.93, N=8 1.33/1.86, N=16 2.46/3.60; H=8 T=200 N=32 0.77/0.77;
+# H=16 T=200 N=128 4.30/6.14; H=320 T=50 N=32 13.5/23.0; H=512 N=64
+# T=100 (big_infer) 198/337.
 SPLIT_MIN_BATCH = 4
-SPLIT_MAX_BATCH = 16
+# ... unless W_h is larger than this: then the two threads share each step
+# by units, each reading half of W_h, rather than each reading all of it.
+# Measured, predict, float32, ms (halves / units): H=320 T=50 N=32
+# 13.5-15.9/13.1-16.8, H=512 N=64 T=100 198-225/194-223, H=1024 T=10 N=32
+# 40.3-49.6/33.4-35.5.
+SPLIT_BATCH_MAX_BYTES = 8 * 1024 * 1024
+# Backward of one direction halves the batch between two threads when a
+# step's product da W_h is at least this many flops (see
+# LSTM._split_backward). Measured, backward, T=200, float32, ms (one thread /
+# halves): H=64 N=2 1.02/1.28, N=4 1.75/1.76, N=8 4.02/3.30, N=32 16.9/10.4;
+# H=16 N=8 0.72/1.06; H=512 N=64 T=50 362/210.
+BACKWARD_SPLIT_MIN_FLOPS = 256 * 1024
 
 
 class _Slot:
@@ -285,28 +296,24 @@ class LSTM:
     # ------------------------------------------------------------------
     # running
 
-    def _blas_single_threaded(self, N):
-        """Whether a run on N sequences holds BLAS to one thread (see
-        _threads): whenever it runs two threads of its own (two directions,
-        or a split one, N <= SPLIT_MAX_BATCH), and for small batches, whose
-        GEMMs are too small to gain from threads and whose OpenBLAS workers,
-        left spinning, would take a core from the next call's two threads
-        (small_train: 41% of the samples in blas_thread_server). Only one
-        direction of more than SPLIT_MAX_BATCH sequences lets BLAS thread
-        its per-step GEMMs."""
-        return self.num_directions == 2 or N <= SPLIT_MAX_BATCH
-
     def _split(self, N):
         """How a forward run on N sequences uses two threads besides running
         two directions at once: "units" (see _split_recurrence), "batch"
-        (one direction, SPLIT_MIN_BATCH <= N <= SPLIT_MAX_BATCH: each thread
-        runs half of the sequences, which are independent, so they never
+        (one direction of SPLIT_MIN_BATCH or more sequences: each thread
+        runs half of them, which are independent, so that the threads never
         wait for each other), or None."""
         if self._split_recurrence(N):
             return "units"
-        if self.num_directions == 1 and SPLIT_MIN_BATCH <= N <= SPLIT_MAX_BATCH:
+        if self.num_directions == 1 and N >= SPLIT_MIN_BATCH:
             return "batch"
         return None
+
+    def _split_backward(self, N):
+        """Whether backward halves the sequences of one direction between
+        two threads (each runs its half's BPTT recurrence, then half of the
+        rows of each weight gradient)."""
+        H = self.hidden_size
+        return self.num_directions == 1 and N >= 2 and 8 * N * H * H >= BACKWARD_SPLIT_MIN_FLOPS
 
     def _split_recurrence(self, N):
         """Whether each recurrence is shared by two threads, each holding
@@ -316,14 +323,20 @@ class LSTM:
         of W_h (4H x H) for 2 flops a weight: it runs at the speed the core
         reads W_h, so two cores reading a half each take about half the
         time; at H=320 in float32 W_h is also 1.6 MB, more than a core's L2
-        (1 MB here), and a half fits. Only for N = 1: with N > 1 the step is
-        a GEMM that reuses each weight N times (splitting it was not faster:
-        big_infer 245-271 ms split vs 269 ms, seed-000 N=32 279-290 vs
-        266-292).
+        (1 MB here), and a half fits (SPLIT_MIN_BYTES).
+
+        One direction of many sequences runs a GEMM per step, which is
+        split this way when W_h is too large for each thread to read all of
+        it (SPLIT_BATCH_MAX_BYTES); else the batch is halved (see _split).
+        Two directions run on a thread each instead.
         """
         H = self.hidden_size
-        return (N == 1 and _lstm.can_split()
-                and 4 * H * H * self.dtype.itemsize > SPLIT_MIN_BYTES)
+        if not _lstm.can_split():
+            return False
+        w_h_bytes = 4 * H * H * self.dtype.itemsize
+        if N == 1:
+            return w_h_bytes > SPLIT_MIN_BYTES
+        return self.num_directions == 1 and N >= SPLIT_MIN_BATCH and w_h_bytes > SPLIT_BATCH_MAX_BYTES
 
     def _kernel_params(self, k):
         """(w_x, w_h, bias, peep) of slot k as the kernels take them."""
@@ -397,9 +410,10 @@ class LSTM:
                     barrier = np.zeros(2, np.intc)
                     in_threads(2, lambda part, d=d, barrier=barrier: run(d, part, part, 2, barrier))
             elif split == "batch":
-                # one direction: project all rows here in one GEMM, then
-                # each thread runs half of the sequences
-                _lstm.lstm_project(inp, self._packed[layer][0], record[0][0])
+                # one direction: each thread projects half of the steps,
+                # then runs half of the sequences
+                in_threads(2, lambda i, inp=inp, gates=record[0][0], w_x=self._packed[layer][0]:
+                           _project_half(inp, w_x, gates, i))
                 halves = (0, N // 2, N)
                 in_threads(2, lambda i: run(0, i, n0=halves[i], n1=halves[i + 1]))
             else:
@@ -460,7 +474,7 @@ class LSTM:
         # page faults); a call made while another runs gets its own.
         workspace = self._workspace if self._workspace.lock.acquire(blocking=False) else None
         try:
-            with blas_held(self._blas_single_threaded(x.shape[1])):
+            with blas_held():
                 y, _, _ = self._run(x, lengths, ragged, h, c, training=False,
                                     workspace=workspace)
         finally:
@@ -483,7 +497,7 @@ class LSTM:
         """
         x, unbatched, lengths, ragged, h, c = self._prepare(x, lengths, state, check_finite)
         c0 = c.copy()
-        with blas_held(self._blas_single_threaded(x.shape[1])):
+        with blas_held():
             y, top, layers = self._run(x, lengths, ragged, h, c, training=True)
         y_user = self._to_user(y, unbatched)
         cache = Cache(net=self, layers=layers, top=top, c0=c0, lengths=lengths,
@@ -532,7 +546,7 @@ class LSTM:
         dh_n, dc_n = as_state(dstate, "dstate", self.num_layers * D, N, H, dt, cache.unbatched, check_finite)
 
         flat = np.zeros_like(self.flat)
-        with blas_held(self._blas_single_threaded(N)):
+        with blas_held():
             if self.output_size is None:
                 dtop = dy
             else:
@@ -544,35 +558,65 @@ class LSTM:
             dc0 = np.empty_like(dc_n)
             work = [(np.empty((T, N, 4 * H), dt), np.empty((N, 4 * H), dt), np.empty((N, H), dt))
                     for _ in range(D)]
-            unused_dpeep = [np.empty(3 * H, dt) for _ in range(D)]   # no peepholes: discarded
+            # per thread: dbias and dpeep of its sequences, when a direction's
+            # batch is halved; dpeep is discarded for a net without peepholes
+            sums = [(np.empty(4 * H, dt), np.empty(3 * H, dt)) for _ in range(2)]
+            halves = (0, N // 2, N) if self._split_backward(N) else None
             for layer in range(self.num_layers - 1, -1, -1):
                 inp, record = cache.layers[layer]
-
-                # Each direction's BPTT recurrence, then its weight and input
-                # gradients as GEMMs over all steps; with two directions, on two
-                # threads (see _threads), each with its own dL/d(input).
+                # with two directions, each has its own dL/d(input)
                 dinp = [np.empty(inp.shape, dt) for _ in range(D)]
 
-                def run(d, layer=layer, inp=inp, record=record, dinp=dinp):
+                def recurrence(d, thread=0, n0=0, n1=-1, layer=layer, record=record):
                     k = layer * D + d
-                    w_x, w_h, _, peep = self._kernel_params(k)
-                    dw_x, dw_h, dbias, dpeep = self._slots[k].packed(flat)
-                    gates, c_all, h_prev_all = record[d]
+                    _, w_h, _, peep = self._kernel_params(k)
+                    _, _, dbias, dpeep = self._slots[k].packed(flat)
+                    if thread == 1:
+                        dbias, dpeep = sums[1]
+                    elif dpeep is None:
+                        dpeep = sums[0][1]
+                    gates, c_all, _ = record[d]
                     dgates, drec, dh_rec = work[d]
                     _lstm.lstm_backward(w_h, peep, cache.lengths, d == 1, cache.c0[k], gates, c_all,
-                                        dtop, d * H, dh_n[k], dc_n[k], dbias,
-                                        unused_dpeep[d] if dpeep is None else dpeep,
-                                        dh0[k], dc0[k], dgates, drec, dh_rec)
-                    _lstm.lstm_backward_weights(inp, w_x, h_prev_all, dgates, dw_x, dw_h,
-                                                dinp[d], False)
+                                        dtop, d * H, dh_n[k], dc_n[k], dbias, dpeep,
+                                        dh0[k], dc0[k], dgates, drec, dh_rec, n0, n1)
 
-                in_threads(D, run)
+                def weights(d, part=0, nparts=1, layer=layer, inp=inp, record=record, dinp=dinp):
+                    # dW_x, dW_h and dX as GEMMs over all steps, or a part of
+                    # their rows
+                    k = layer * D + d
+                    dw_x, dw_h, _, _ = self._slots[k].packed(flat)
+                    _lstm.lstm_backward_weights(inp, self._kernel_params(k)[0], record[d][2],
+                                                work[d][0], dw_x, dw_h, dinp[d], False,
+                                                part, nparts)
+
+                if halves is None:
+                    # each direction whole, two directions on two threads
+                    in_threads(D, lambda d: (recurrence(d), weights(d)))
+                else:
+                    # one direction: each thread runs half of the sequences,
+                    # then half of the rows of each weight gradient
+                    in_threads(2, lambda i: recurrence(0, i, halves[i], halves[i + 1]))
+                    dbias, dpeep = self._slots[layer].packed(flat)[2:]
+                    dbias += sums[1][0]
+                    if dpeep is not None:
+                        dpeep += sums[1][1]
+                    in_threads(2, lambda i: weights(0, i, 2))
                 dtop = dinp[0]
                 if D == 2:
                     dtop += dinp[1]
         dx = self._to_user(dtop, cache.unbatched)
         state = self._state_to_user(dh0, dc0, cache.unbatched)
         return Gradients(flat, self._named_views(flat), dx, state)
+
+
+def _project_half(x, w_x, gates, half):
+    """The input projection of half of the steps: the first T // 2, or the
+    rest (half = 1)."""
+    T = x.shape[0]
+    t0, t1 = (0, T // 2) if half == 0 else (T // 2, T)
+    if t1 > t0:
+        _lstm.lstm_project(x[t0:t1], w_x, gates[t0:t1])
 
 
 def _padding_mask(lengths, T):
