@@ -1,15 +1,19 @@
-"""predict reuses its scratch arrays from call to call (LSTM._workspace):
-results never depend on what an earlier call left there, a returned array
-is never written again, and calls from several threads at once are right."""
+"""Runs reuse their scratch arrays from call to call (LSTM._pool): predict's
+and backward's while they run, a training cache's once it is freed. Results
+never depend on what an earlier call left there, a returned array is never
+written again, a live cache's arrays are never lent out, and calls from
+several threads at once are right."""
+import gc
 import threading
 
 import numpy as np
+import pytest
 
 from helpers import Arch, random_x
 
 
 def _fresh_predict(net, x, lengths):
-    net._workspace.arrays.clear()
+    net._pool.free.clear()
     return net.predict(x, lengths=lengths)
 
 
@@ -72,3 +76,80 @@ def test_concurrent_split_recurrences(rng):
     assert net._split(1) == "units"
     inputs = [random_x(rng, 40, 1, 4).astype(np.float32) for _ in range(6)]
     _check_predict_from_threads(net, inputs, 3)
+
+
+def _train_step(net, x, lengths, R, input_grad=True):
+    y, cache = net.forward(x, lengths=lengths)
+    g = net.backward(R, cache, input_grad=input_grad)
+    return y, g
+
+
+def test_training_reuses_buffers_of_freed_caches(rng):
+    net = Arch(4, 9, num_layers=2, bidirectional=True, peephole=True, output_size=2).make(
+        dtype=np.float64, seed=12)
+    runs = []
+    for T, N, ragged in [(7, 3, True), (7, 3, False), (5, 3, True), (7, 3, True), (6, 2, False)]:
+        x = random_x(rng, T, N, 4)
+        lengths = rng.integers(1, T + 1, N) if ragged else None
+        R = rng.standard_normal((T, N, 2))
+        y, g = _train_step(net, x, lengths, R)
+        runs.append((x, lengths, R, y, g.flat, g.x, g.state))
+    gc.collect()
+    assert net._pool.free          # the freed caches' arrays came back
+    for x, lengths, R, y, flat, dx, state in runs:
+        net._pool.free.clear()
+        y_fresh, g = _train_step(net, x, lengths, R)
+        np.testing.assert_array_equal(y, y_fresh)
+        np.testing.assert_array_equal(flat, g.flat)
+        np.testing.assert_array_equal(dx, g.x)
+        np.testing.assert_array_equal(state[0], g.state[0])
+
+
+def test_live_caches_keep_their_arrays(rng):
+    """Two caches alive at once, used in the other order, and a cache used
+    twice: each backward sees its own forward's arrays."""
+    net = Arch(4, 6, num_layers=2, bidirectional=False, peephole=True, output_size=2).make(
+        dtype=np.float64, seed=13)
+    x1, x2 = random_x(rng, 5, 3, 4), random_x(rng, 5, 3, 4)
+    R = rng.standard_normal((5, 3, 2))
+    _, g1_ref = _train_step(net, x1, None, R)
+    _, g2_ref = _train_step(net, x2, None, R)
+    _, c1 = net.forward(x1)
+    _, c2 = net.forward(x2)
+    g2 = net.backward(R, c2)
+    net.predict(x2)
+    g1 = net.backward(R, c1)
+    g1_again = net.backward(R, c1)
+    for g, ref in ((g1, g1_ref), (g2, g2_ref), (g1_again, g1_ref)):
+        np.testing.assert_array_equal(g.flat, ref.flat)
+        np.testing.assert_array_equal(g.x, ref.x)
+
+
+def test_input_grad_false_skips_only_dx(rng):
+    for arch in (Arch(4, 6, num_layers=2, bidirectional=True, peephole=True, output_size=2),
+                 Arch(4, 6, num_layers=1, bidirectional=False, peephole=False)):
+        net = arch.make(dtype=np.float64, seed=14)
+        x = random_x(rng, 5, 3, 4)
+        y, cache = net.forward(x, lengths=[5, 2, 4])
+        R = rng.standard_normal(y.shape)
+        full = net.backward(R, cache)
+        part = net.backward(R, cache, input_grad=False)
+        assert full.x.shape == x.shape and part.x is None
+        np.testing.assert_array_equal(part.flat, full.flat)
+        np.testing.assert_array_equal(part.state[0], full.state[0])
+        np.testing.assert_array_equal(part.state[1], full.state[1])
+    with pytest.raises(TypeError, match="input_grad"):
+        net.backward(R, cache, input_grad="no")
+
+
+def test_pool_keeps_a_bounded_number_of_buffers():
+    from lstmx.lstm import _Pool
+    pool = _Pool(np.float32)
+    taken = [pool.take((i + 1, 3)) for i in range(_Pool.MAX_FREE + 5)]
+    pool.give(taken)
+    pool.give(taken[-3:])           # given twice: still kept once
+    assert len(pool.free) == _Pool.MAX_FREE
+    assert len({id(b) for b in pool.free}) == _Pool.MAX_FREE
+    assert min(b.size for b in pool.free) == 6 * 3     # the smallest went first
+    a = pool.take((4, 4))           # the smallest that fits
+    assert a.shape == (4, 4) and a.base.size == 6 * 3

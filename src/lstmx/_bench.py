@@ -90,7 +90,7 @@ def lstmx_runner(w, peephole=True, dtype=np.float32):
     def step():
         y, cache = net.forward(x)
         _, dy = losses.softmax_cross_entropy(y, targets)
-        opt.step(net.backward(dy, cache))
+        opt.step(net.backward(dy, cache, input_grad=False))
     return step
 
 

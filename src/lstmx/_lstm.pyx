@@ -498,7 +498,8 @@ def lstm_backward_weights(const floating[:, :, ::1] x,
 
     x (T, N, I); w_x (4H, I); h_prev_all (T, N, H); dgates (T, N, 4H);
     dw_x (4H, I), dw_h (4H, H) overwritten; dx (T, N, I) overwritten, or
-    added to when accumulate_dx. Run from one thread: BLAS may use several.
+    added to when accumulate_dx, or empty (0, 0, 0): dX is not computed.
+    Run from one thread: BLAS may use several.
 
     With nparts > 1, part p computes the p-th slice of the rows of dW_x,
     dW_h and dX: the parts can run at once on threads of their own, each
@@ -518,7 +519,7 @@ def lstm_backward_weights(const floating[:, :, ::1] x,
                  &x[0, 0, 0], I, <floating>0.0, &dw_x[g0, 0], I)
             gemm(True, False, g1 - g0, H, R, <floating>1.0, &dgates[0, 0, g0], G,
                  &h_prev_all[0, 0, 0], H, <floating>0.0, &dw_h[g0, 0], H)
-        if r1 > r0:
+        if r1 > r0 and dx.shape[0]:
             gemm(False, False, r1 - r0, I, G, <floating>1.0, &dgates[0, 0, 0] + <Py_ssize_t>r0 * G, G,
                  &w_x[0, 0], I, beta, &dx[0, 0, 0] + <Py_ssize_t>r0 * I, I)
 

@@ -15,7 +15,9 @@ this layout against 28 us stored transposed, at H=512 69 against 78 us (two
 threads: 37 against 45 us) -- neither layout won throughout, and the
 recurrent products are now _cell.c's own, written for this layout.
 """
+import math
 import threading
+import weakref
 from collections.abc import Mapping
 
 import numpy as np
@@ -157,21 +159,46 @@ class Cache:
         self.__dict__.update(kw)
 
 
-class _Workspace:
-    """Scratch arrays that :meth:`LSTM.predict` reuses from call to call:
-    kept between calls (about (2 + D) T N 4H values for the largest (T, N)
-    run last), used by one call at a time (``lock``)."""
+class _Pool:
+    """Buffers that a network's runs reuse rather than allocate: what
+    predict and backward use only while they run, given back when they
+    return, and what a training cache holds, given back when the cache is
+    freed. A fresh array costs page faults on first touch: they were a
+    fifth of small_train's samples (exc_page_fault, clear_page and the
+    like), 6% of seed_train's.
+
+    A request takes the smallest free buffer that is large enough (one
+    buffer serves runs of any shorter T). At most MAX_FREE buffers are
+    kept, the smallest dropped first. Arrays handed to the caller (y,
+    gradients, states) never come from here.
+    """
+
+    MAX_FREE = 32
 
     def __init__(self, dtype):
-        self.lock = threading.Lock()
         self.dtype = dtype
-        self.arrays = {}
+        self.lock = threading.Lock()
+        self.free = []    # 1-D buffers, none taken
 
-    def get(self, name, shape):
-        arr = self.arrays.get(name)
-        if arr is None or arr.shape != shape:
-            arr = self.arrays[name] = np.empty(shape, self.dtype)
-        return arr
+    def take(self, shape):
+        n = math.prod(shape)
+        with self.lock:
+            fits = [i for i, b in enumerate(self.free) if b.size >= n]
+            buf = self.free.pop(min(fits, key=lambda i: self.free[i].size)) if fits else None
+        if buf is None:
+            buf = np.empty(max(n, 1), self.dtype)
+        return buf[:n].reshape(shape)
+
+    def give(self, arrays):
+        """Return arrays from take(); the caller no longer uses them."""
+        with self.lock:
+            for a in arrays:
+                buf = a.base if a.base is not None else a
+                if not any(b is buf for b in self.free):
+                    self.free.append(buf)
+            if len(self.free) > self.MAX_FREE:
+                self.free.sort(key=lambda b: b.size)
+                del self.free[:len(self.free) - self.MAX_FREE]
 
 
 class LSTM:
@@ -239,7 +266,7 @@ class LSTM:
         self.flat = np.empty(offset, dtype=self.dtype)
         self.params = NamedArrays(self.flat, self._named_views(self.flat))
         self._packed = [slot.packed(self.flat) for slot in self._slots]
-        self._workspace = _Workspace(self.dtype)
+        self._pool = _Pool(self.dtype)
         self._no_peep = np.zeros(3 * H, dtype=self.dtype)
         self._no_peep.flags.writeable = False
         self.reset_parameters(seed)
@@ -353,40 +380,47 @@ class LSTM:
         h, c = as_state(state, "state", self.num_layers * D, N, H, self.dtype, unbatched, check_finite)
         return x, unbatched, lengths, ragged, h, c
 
-    def _run(self, x, lengths, ragged, h, c, training, workspace=None):
+    def _run(self, x, lengths, ragged, h, c, training):
         """Forward through every layer. h, c (L*D, N, H) are updated in place
-        to the final state. Returns (y (T, N, O or D*H), per-layer records).
-        ``workspace`` (inference only): a _Workspace whose arrays are reused
-        for everything but what is returned."""
+        to the final state. Returns (y (T, N, O or D*H), top (the last
+        layer's output), per-layer records, kept): with training, ``kept``
+        lists the arrays from the pool that the records hold, to be given
+        back when they are no longer needed; without, it is empty and every
+        array from the pool was given back."""
         T, N, _ = x.shape
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
         dt = self.dtype
         empty = np.empty((0, 0, 0), dt)
         split = self._split(N)
+        pool = self._pool
+        temps, kept = [], []
 
-        def scratch(name, shape):
-            if workspace is None:
-                return np.empty(shape, dt)
-            return workspace.get(name, shape)
+        def take(shape, keep=False):
+            arr = pool.take(shape)
+            (kept if keep else temps).append(arr)
+            return arr
 
         # per thread: the recurrent term of a step
-        rec = [scratch(f"rec{i}", (N, 4 * H)) for i in range(2)]
-        h_buf = [scratch(f"h_buf{d}", (2, N, H)) for d in range(D)]
-        gates = None if training else [scratch(f"gates{d}", (T, N, 4 * H)) for d in range(D)]
+        rec = [take((N, 4 * H)) for i in range(2)]
+        h_buf = [take((2, N, H)) for d in range(D)]
+        gates = None if training else [take((T, N, 4 * H)) for d in range(D)]
         layers = []
         inp = x
         for layer in range(L):
-            if training or (layer == L - 1 and self.output_size is None):
-                out = np.zeros((T, N, D * H), dt)        # kept, or returned
+            if layer == L - 1 and self.output_size is None:
+                out = np.zeros((T, N, D * H), dt)        # returned
             else:
-                # layers alternate between two buffers; padded steps must
-                # read zero (the kernels write valid steps only)
-                out = scratch(f"out{layer % 2}", (T, N, D * H))
+                # padded steps must read zero (the kernels write valid
+                # steps only)
+                out = pool.take((T, N, D * H))
+                if training:
+                    kept.append(out)
                 if ragged:
                     out[...] = 0
             if training:
-                record = [(np.empty((T, N, 4 * H), dt), np.empty((T, N, H), dt),
-                           np.empty((T, N, H), dt)) for _ in range(D)]
+                record = [tuple(take(shape, keep=True)
+                                for shape in ((T, N, 4 * H), (T, N, H), (T, N, H)))
+                          for _ in range(D)]
             else:
                 record = [(gates[d], empty, empty) for d in range(D)]
             for d in range(D):
@@ -422,17 +456,21 @@ class LSTM:
             for d in range(D):
                 h[layer * D + d] = h_buf[d][T % 2]
             layers.append((inp, record))
+            if not training and layer > 0:
+                pool.give([inp])        # read by this layer, needed no more
             inp = out
-        top = inp
-        if self.output_size is None:
-            return top, top, layers
-        w_fc = _view(self.flat, *self._fc_w)
-        b_fc = _view(self.flat, *self._fc_b)
-        y = np.empty((T, N, self.output_size), dt)
-        _lstm.linear_forward(top.reshape(T * N, D * H), w_fc, b_fc, y.reshape(T * N, -1))
-        if ragged:
-            y[_padding_mask(lengths, T)] = 0
-        return y, top, layers
+        top = y = inp
+        if self.output_size is not None:
+            w_fc = _view(self.flat, *self._fc_w)
+            b_fc = _view(self.flat, *self._fc_b)
+            y = np.empty((T, N, self.output_size), dt)
+            _lstm.linear_forward(top.reshape(T * N, D * H), w_fc, b_fc, y.reshape(T * N, -1))
+            if ragged:
+                y[_padding_mask(lengths, T)] = 0
+            if not training:
+                temps.append(top)
+        pool.give(temps)
+        return y, top, layers, kept
 
     def _to_user(self, y, unbatched):
         """Time-major (T, N, ...) -> the caller's layout."""
@@ -470,16 +508,8 @@ class LSTM:
         state : (h_n, c_n), only with return_state
         """
         x, unbatched, lengths, ragged, h, c = self._prepare(x, lengths, state, check_finite)
-        # The workspace of the previous call is reused (no allocation, no
-        # page faults); a call made while another runs gets its own.
-        workspace = self._workspace if self._workspace.lock.acquire(blocking=False) else None
-        try:
-            with blas_held():
-                y, _, _ = self._run(x, lengths, ragged, h, c, training=False,
-                                    workspace=workspace)
-        finally:
-            if workspace is not None:
-                workspace.lock.release()
+        with blas_held():
+            y, _, _, _ = self._run(x, lengths, ragged, h, c, training=False)
         y = self._to_user(y, unbatched)
         if return_state:
             return y, self._state_to_user(h, c, unbatched)
@@ -498,14 +528,16 @@ class LSTM:
         x, unbatched, lengths, ragged, h, c = self._prepare(x, lengths, state, check_finite)
         c0 = c.copy()
         with blas_held():
-            y, top, layers = self._run(x, lengths, ragged, h, c, training=True)
+            y, top, layers, kept = self._run(x, lengths, ragged, h, c, training=True)
         y_user = self._to_user(y, unbatched)
         cache = Cache(net=self, layers=layers, top=top, c0=c0, lengths=lengths,
                       ragged=ragged, unbatched=unbatched, y_shape=y_user.shape,
                       state=self._state_to_user(h, c, unbatched))
+        # the cache's arrays go back to the pool when the cache is freed
+        weakref.finalize(cache, self._pool.give, kept)
         return y_user, cache
 
-    def backward(self, dy, cache, dstate=None, check_finite=True):
+    def backward(self, dy, cache, dstate=None, check_finite=True, input_grad=True):
         """Exact gradients by backpropagation through time.
 
         Parameters
@@ -520,12 +552,17 @@ class LSTM:
             state or truncated BPTT. Zeros when omitted.
         check_finite : bool
             Refuse NaN or inf in dy and dstate.
+        input_grad : bool
+            Compute dL/dx (``grads.x``). False skips the first layer's dX
+            GEMM (a tenth of a training step's flops at the seed network's
+            sizes) and leaves ``grads.x`` None: for training, where x is
+            data.
 
         Returns
         -------
         Gradients
-            ``.flat`` in net.flat's layout, ``grads[name]``, ``.x`` and
-            ``.state`` = (dh0, dc0).
+            ``.flat`` in net.flat's layout, ``grads[name]``, ``.x`` (None
+            without input_grad) and ``.state`` = (dh0, dc0).
         """
         if not isinstance(cache, Cache) or getattr(cache, "net", None) is not self:
             raise ValueError("cache: expected the cache returned by forward() of this network")
@@ -545,27 +582,43 @@ class LSTM:
         dy = np.ascontiguousarray(dy)
         dh_n, dc_n = as_state(dstate, "dstate", self.num_layers * D, N, H, dt, cache.unbatched, check_finite)
 
+        if not isinstance(input_grad, (bool, np.bool_)):
+            raise TypeError(f"input_grad: expected a bool, got {type(input_grad).__name__}")
         flat = np.zeros_like(self.flat)
+        pool = self._pool
+        temps = []      # from the pool, given back at the end
+
+        def take(shape):
+            arr = pool.take(shape)
+            temps.append(arr)
+            return arr
+
+        empty = np.empty((0, 0, 0), dt)
         with blas_held():
             if self.output_size is None:
                 dtop = dy
             else:
-                dtop = np.empty((T, N, D * H), dt)
+                dtop = take((T, N, D * H))
                 _lstm.linear_backward(cache.top.reshape(T * N, D * H), _view(self.flat, *self._fc_w),
                                       dy.reshape(T * N, -1), dtop.reshape(T * N, D * H),
                                       _view(flat, *self._fc_w), _view(flat, *self._fc_b))
             dh0 = np.empty_like(dh_n)
             dc0 = np.empty_like(dc_n)
-            work = [(np.empty((T, N, 4 * H), dt), np.empty((N, 4 * H), dt), np.empty((N, H), dt))
-                    for _ in range(D)]
+            work = [(take((T, N, 4 * H)), take((N, 4 * H)), take((N, H))) for _ in range(D)]
             # per thread: dbias and dpeep of its sequences, when a direction's
             # batch is halved; dpeep is discarded for a net without peepholes
-            sums = [(np.empty(4 * H, dt), np.empty(3 * H, dt)) for _ in range(2)]
+            sums = [(take((4 * H,)), take((3 * H,))) for _ in range(2)]
             halves = (0, N // 2, N) if self._split_backward(N) else None
             for layer in range(self.num_layers - 1, -1, -1):
                 inp, record = cache.layers[layer]
-                # with two directions, each has its own dL/d(input)
-                dinp = [np.empty(inp.shape, dt) for _ in range(D)]
+                # with two directions, each has its own dL/d(input); the
+                # first layer's is returned (a new array), or not computed
+                if layer > 0:
+                    dinp = [take(inp.shape) for _ in range(D)]
+                elif input_grad:
+                    dinp = [np.empty(inp.shape, dt)] + [take(inp.shape) for _ in range(D - 1)]
+                else:
+                    dinp = [empty] * D
 
                 def recurrence(d, thread=0, n0=0, n1=-1, layer=layer, record=record):
                     k = layer * D + d
@@ -603,9 +656,10 @@ class LSTM:
                         dpeep += sums[1][1]
                     in_threads(2, lambda i: weights(0, i, 2))
                 dtop = dinp[0]
-                if D == 2:
+                if D == 2 and dtop.size:
                     dtop += dinp[1]
-        dx = self._to_user(dtop, cache.unbatched)
+        pool.give(temps)
+        dx = self._to_user(dtop, cache.unbatched) if input_grad else None
         state = self._state_to_user(dh0, dc0, cache.unbatched)
         return Gradients(flat, self._named_views(flat), dx, state)
 

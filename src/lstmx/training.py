@@ -4,7 +4,7 @@
 
     y, cache = net.forward(x, lengths=lengths)
     loss, dy = lstmx.losses.softmax_cross_entropy(y, targets, lengths)   # or mse
-    grads = net.backward(dy, cache)
+    grads = net.backward(dy, cache, input_grad=False)                   # x is data
     lstmx.optim.clip_grad_norm(grads, clip)                              # if clip
     opt.step(grads)
 
@@ -350,7 +350,7 @@ def _fit(net, data, *, loss, optimizer, epochs, batch_size, shuffle, seed, valid
             if not math.isfinite(value):
                 raise ValueError(f"fit: the loss became {value} in epoch {epoch}, batch {b + 1} "
                                  "(lower the learning rate or pass clip=...)")
-            grads = net.backward(dy, cache, check_finite=False)
+            grads = net.backward(dy, cache, check_finite=False, input_grad=False)
             if clip is not None:
                 optim.clip_grad_norm(grads, clip)
             optimizer.step(grads, check_finite=False)
