@@ -93,6 +93,7 @@ static inline LSTMX_INLINE float tanh_f32(float x)
 
 /* ---- float64 activations: libm ------------------------------------------ */
 
+static inline double exp_f64(double x) { return exp(x); }
 static inline double sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
 static inline double tanh_f64(double x) { return tanh(x); }
 
@@ -482,6 +483,46 @@ LSTMX_GEMM_TILE(double, f64, 4)
 LSTMX_PACK(float, f32, 8)
 LSTMX_PACK(double, f64, 4)
 
+/* ---- softmax cross-entropy of rows (losses.py) -------------------------- */
+
+/* For each row r of z (R, C) whose valid[r] is set (every row when valid is
+ * NULL): the softmax shifted by the row's maximum, dz[r] = (softmax(z[r]) -
+ * onehot(classes[r])) * scale, and log sum exp(z[r] - m) - (z[r][c] - m)
+ * added to the returned sum (in double); other rows get dz = 0 and their
+ * classes are not read. The exps of a row are one vectorized loop, their
+ * sum another (a sum in order: no reassociation). */
+#define LSTMX_SOFTMAX_XENT(T, SFX, V, ATTR)                                   \
+static ATTR double softmax_xent_##SFX##V(                                     \
+    ptrdiff_t R, ptrdiff_t C, const T *restrict z,                            \
+    const ptrdiff_t *restrict classes, const unsigned char *restrict valid,   \
+    T scale, T *restrict dz)                                                  \
+{                                                                             \
+    double total = 0;                                                         \
+    for (ptrdiff_t r = 0; r < R; r++) {                                       \
+        const T *zr = z + r * C;                                              \
+        T *d = dz + r * C;                                                    \
+        if (valid && !valid[r]) {                                             \
+            memset(d, 0, C * sizeof(T));                                      \
+            continue;                                                         \
+        }                                                                     \
+        T m = zr[0];                                                          \
+        for (ptrdiff_t j = 1; j < C; j++)                                     \
+            m = zr[j] > m ? zr[j] : m;                                        \
+        for (ptrdiff_t j = 0; j < C; j++)                                     \
+            d[j] = exp_##SFX(zr[j] - m);                                      \
+        T sum = 0;                                                            \
+        for (ptrdiff_t j = 0; j < C; j++)                                     \
+            sum += d[j];                                                      \
+        ptrdiff_t c = classes[r];                                             \
+        total += log((double)sum) - (double)(zr[c] - m);                      \
+        T f = scale / sum;                                                    \
+        for (ptrdiff_t j = 0; j < C; j++)                                     \
+            d[j] *= f;                                                        \
+        d[c] -= scale;                                                        \
+    }                                                                         \
+    return total;                                                             \
+}
+
 /* ---- the kernels, built for each target, and the public functions ------- */
 
 /* The float32 activations over an array, for the tests of their error bound
@@ -507,7 +548,9 @@ static ATTR void activations_f32##V(ptrdiff_t n, const float *restrict z,    \
     LSTMX_MATMAT(float, f32, V, ATTR)                                         \
     LSTMX_MATMAT(double, f64, V, ATTR)                                        \
     LSTMX_GEMM_PACKED(float, f32, 8, V, ATTR)                                 \
-    LSTMX_GEMM_PACKED(double, f64, 4, V, ATTR)
+    LSTMX_GEMM_PACKED(double, f64, 4, V, ATTR)                                \
+    LSTMX_SOFTMAX_XENT(float, f32, V, ATTR)                                   \
+    LSTMX_SOFTMAX_XENT(double, f64, V, ATTR)
 
 LSTMX_KERNELS(_base, )
 
@@ -562,6 +605,13 @@ void lstmx_gemm_packed_##SFX(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,           \
                              ptrdiff_t ldc)                                   \
 {                                                                             \
     LSTMX_PICK(gemm_packed_##SFX)(N, M, K, A, lda, P, C, ldc);                \
+}                                                                             \
+                                                                              \
+double lstmx_softmax_xent_##SFX(ptrdiff_t R, ptrdiff_t C, const T *z,         \
+                                const ptrdiff_t *classes,                     \
+                                const unsigned char *valid, T scale, T *dz)   \
+{                                                                             \
+    return LSTMX_PICK(softmax_xent_##SFX)(R, C, z, classes, valid, scale, dz); \
 }
 
 LSTMX_PUBLIC(float, f32)

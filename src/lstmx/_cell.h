@@ -45,6 +45,17 @@ LSTMX_DECLARE_MATMAT(double, f64)
 LSTMX_DECLARE_GEMM(float, f32)
 LSTMX_DECLARE_GEMM(double, f64)
 
+/* Softmax cross-entropy of the rows of z (R, C), for losses.py (see
+ * _cell.c): dz out, the sum of the valid rows' losses returned. */
+#define LSTMX_DECLARE_XENT(T, SFX)                                            \
+    double lstmx_softmax_xent_##SFX(ptrdiff_t R, ptrdiff_t C, const T *z,     \
+                                    const ptrdiff_t *classes,                 \
+                                    const unsigned char *valid, T scale,      \
+                                    T *dz);
+
+LSTMX_DECLARE_XENT(float, f32)
+LSTMX_DECLARE_XENT(double, f64)
+
 /* Threads sharing one recurrence wait for each other at every step (GCC and
  * clang atomics, POSIX sched_yield); elsewhere a recurrence runs on one
  * thread. */

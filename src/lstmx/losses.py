@@ -15,6 +15,7 @@ to the loss, their targets are not read, and their gradient is zero.
 """
 import numpy as np
 
+from . import _losses
 from ._validation import FLOAT_DTYPES, _shape_text, as_float_array, as_lengths
 
 __all__ = ["softmax_cross_entropy", "mse"]
@@ -104,29 +105,27 @@ def softmax_cross_entropy(logits, targets, lengths=None, batch_first=False, chec
                          f"logits {_shape_text(np.shape(logits))}), got {_shape_text(tgt.shape)}")
     tgt = _time_major(tgt, unbatched, batch_first)
     valid, count = _valid_steps(lengths, T, N)
+    every = count == T * N
 
-    rows = z[valid]                          # (S, C), a copy
-    classes = tgt[valid].astype(np.intp)     # (S,)
-    if classes.size and (classes.min() < 0 or classes.max() >= C):
-        bad = classes[(classes < 0) | (classes >= C)][0]
+    classes = np.ascontiguousarray(tgt, dtype=np.intp).reshape(T * N)
+    valid_flat = valid.reshape(T * N)
+    checked = classes if every else classes[valid_flat]
+    if checked.size and (checked.min() < 0 or checked.max() >= C):
+        bad = checked[(checked < 0) | (checked >= C)][0]
         raise ValueError(f"targets: class indices must lie in [0, {C}) (C={C} classes in logits), "
                          f"got {bad} at a valid step")
-    if check_finite and not np.isfinite(rows).all():
+    if check_finite and not np.isfinite(z if every else z[valid]).all():
         raise ValueError("logits: contains NaN or inf at a valid step "
                          "(pass check_finite=False to skip this check)")
 
-    rows -= rows.max(axis=1, keepdims=True)  # shifted: exp cannot overflow
-    exp = np.exp(rows)
-    sum_exp = exp.sum(axis=1)
-    picked = rows[np.arange(count), classes]
-    loss = float(np.sum(np.log(sum_exp) - picked, dtype=np.float64)) / count
-
-    exp /= sum_exp[:, None]                  # softmax
-    exp[np.arange(count), classes] -= 1
-    exp *= exp.dtype.type(1.0 / count)
-    dz = np.zeros((T, N, C), dtype=z.dtype)
-    dz[valid] = exp
-    return loss, _to_caller(dz, unbatched, batch_first)
+    rows = np.ascontiguousarray(z).reshape(T * N, C)
+    dz = np.empty((T, N, C), dtype=z.dtype)
+    mask = np.empty(0, np.uint8) if every else valid_flat.view(np.uint8)
+    # the shifted log-sum-exp, its gradient and the zeros at padded steps,
+    # one pass over each row (_losses.pyx)
+    total = _losses.softmax_xent(rows, classes, mask, z.dtype.type(1.0 / count),
+                                 dz.reshape(T * N, C))
+    return total / count, _to_caller(dz, unbatched, batch_first)
 
 
 def mse(y, targets, lengths=None, batch_first=False, check_finite=True):
