@@ -15,6 +15,8 @@ s < lengths[n]; inactive sequences keep their state and get no output.
 The Python layer validates every shape before calling: bounds checks are off.
 Nothing is allocated here; the caller passes workspaces.
 """
+import time
+
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from cython cimport floating
@@ -552,6 +554,22 @@ def linear_backward(const floating[:, ::1] h, const floating[:, ::1] w,
         for r in range(R):
             for j in range(O):
                 db[j] += dy[r, j]
+
+
+def _matvec_seconds(const floating[:, ::1] w, const floating[::1] x,
+                    floating[::1] y, int repeats):
+    """Benchmark hook (bench/floors.py): seconds taken by ``repeats``
+    products y = w x with the kernel of a single sequence's step (_cell.c's
+    matmat), the GIL released. w (M, K), x (K,), y (M,)."""
+    if x.shape[0] != w.shape[1] or y.shape[0] != w.shape[0] or repeats < 1:
+        raise ValueError("w (M, K), x (K,), y (M,) and repeats >= 1 expected")
+    cdef Py_ssize_t M = w.shape[0], K = w.shape[1]
+    cdef int r
+    start = time.perf_counter()
+    with nogil:
+        for r in range(repeats):
+            _matmat(M, K, &w[0, 0], 1, &x[0], K, &y[0], M)
+    return time.perf_counter() - start
 
 
 def _set_small_n(Py_ssize_t n):

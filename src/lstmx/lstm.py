@@ -233,6 +233,14 @@ class LSTM:
         Every parameter, in one contiguous buffer.
     params : mapping
         Seed 000's names to views into ``flat``.
+
+    Notes
+    -----
+    A network keeps the scratch buffers of its recent runs for the next
+    ones (predict's and backward's, and a training cache's once the cache
+    is freed): no page faults on each call, at the price of that memory
+    staying allocated while the network lives (about one training step's
+    worth). Runs use two threads where that pays (see ``lstmx bench``).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
