@@ -54,8 +54,21 @@ def test_tanh_error(grid):
     assert np.max(np.abs(t[nz] - ref[nz]) / np.abs(ref[nz])) <= 3 * EPS32
 
 
+def _on_both_paths(values):
+    """Activations of ``values`` (7 of them) as the first 7 of 8 vector
+    lanes and as a scalar tail: the kernels run 8 lanes at a time where the
+    CPU has AVX2, and the rest one by one. Both must agree exactly."""
+    values = np.asarray(values, np.float64)
+    assert len(values) == 7
+    z = np.concatenate([values, [0.0], values])
+    _, e, s, t = activations(z)
+    for out in (e, s, t):
+        np.testing.assert_array_equal(out[:7], out[8:])
+    return e[:7], s[:7], t[:7]
+
+
 def test_saturation_and_symmetry():
-    z, e, s, t = activations(np.array([-1e30, -1e4, -90.0, 0.0, 90.0, 1e4, 1e30]))
+    e, s, t = _on_both_paths([-1e30, -1e4, -90.0, 0.0, 90.0, 1e4, 1e30])
     assert np.all(np.isfinite(e)) and np.all(np.isfinite(s)) and np.all(np.isfinite(t))
     assert s[3] == 0.5 and t[3] == 0.0
     assert s[-1] == 1.0 and s[0] < 1e-37
@@ -63,3 +76,13 @@ def test_saturation_and_symmetry():
     zz = np.linspace(-20, 20, 40_001)
     _, _, _, tt = activations(zz)
     np.testing.assert_array_equal(tt, -tt[::-1])   # odd, exactly
+
+
+def test_nan_and_infinities():
+    """NaN gives NaN (so that a NaN input reaches the output, unchecked),
+    and the infinities saturate, on both paths."""
+    e, s, t = _on_both_paths([np.nan, np.inf, -np.inf, -np.nan, 1.0, -1.0, 0.5])
+    assert np.isnan(e[0]) and np.isnan(s[0]) and np.isnan(t[0])
+    assert np.isnan(e[3]) and np.isnan(s[3]) and np.isnan(t[3])
+    assert s[1] == 1.0 and s[2] < 1e-37 and t[1] == 1.0 and t[2] == -1.0
+    assert e[2] < 1e-37 and e[1] > 1e38
