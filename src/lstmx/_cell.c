@@ -46,23 +46,27 @@
  * (truncation < 6e-9 relative), 2^n put into the exponent bits. x is clamped
  * to [-87, 88] so that 2^n stays a normal float: e^-87 is below float's
  * resolution of anything it is added to here, e^88 < FLT_MAX. */
+/* n and e^r of a clamped x, T float or a vector of them (p holds 1/5040) */
+#define LSTMX_EXP_REDUCE(T, x, n, p)                                          \
+    /* round x / ln2 to nearest by the 1.5 * 2^23 trick (|x / ln2| < 2^22) */ \
+    T n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;             \
+    /* ln2 split so that n * LN2_HI is exact */                               \
+    T r = x - n * 0.693145751953125f;                                         \
+    r = r - n * 1.42860682030941723212e-6f;                                   \
+    p = p * r + 1.0f / 720.0f;                                                \
+    p = p * r + 1.0f / 120.0f;                                                \
+    p = p * r + 1.0f / 24.0f;                                                 \
+    p = p * r + 1.0f / 6.0f;                                                  \
+    p = p * r + 0.5f;                                                         \
+    p = p * r + 1.0f;                                                         \
+    p = p * r + 1.0f;
+
 static inline LSTMX_INLINE float exp_f32(float x)
 {
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
-    /* round x / ln2 to nearest by the 1.5 * 2^23 trick (|x / ln2| < 2^22) */
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    /* ln2 split so that n * LN2_HI is exact */
-    float r = x - n * 0.693145751953125f;
-    r = r - n * 1.42860682030941723212e-6f;
     float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    LSTMX_EXP_REDUCE(float, x, n, p)
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
@@ -587,17 +591,8 @@ static LSTMX_FMA_INLINE vec_f32 exp_v8(vec_f32 x)
 {
     x = __builtin_ia32_maxps256(LSTMX_SPLAT(-87.0f), x);   /* NaN: x */
     x = __builtin_ia32_minps256(LSTMX_SPLAT(88.0f), x);
-    vec_f32 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    vec_f32 r = x - n * 0.693145751953125f;
-    r = r - n * 1.42860682030941723212e-6f;
     vec_f32 p = LSTMX_SPLAT(1.0f / 5040.0f);
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    LSTMX_EXP_REDUCE(vec_f32, x, n, p)
     vec_i32 bits = (__builtin_convertvector(n, vec_i32) + 127) << 23;
     return p * (vec_f32)bits;
 }
