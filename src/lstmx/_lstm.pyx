@@ -248,8 +248,9 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     to out + r * ld_out. gates (T, N, 4H): activated gates out when
     training. c_all, h_prev_all (T, N, H): c_t and h_{t-1} per row for
     backward, or NULL for inference. rec (N, 4H) workspace. w_pack: room
-    for this part's rows of W_h packed (_forward_pack_size), or NULL when
-    the recurrent products are matmat's (at most SMALL_N sequences).
+    for this part's rows of W_h packed (4 _packed_size(u1 - u0, H)), or
+    NULL when the recurrent products are matmat's (at most SMALL_N
+    sequences).
     barrier: two ints shared by the parts, waited at at the end of every
     step.
 
