@@ -142,6 +142,21 @@ def test_input_grad_false_skips_only_dx(rng):
         net.backward(R, cache, input_grad="no")
 
 
+def test_a_copied_cache_outlives_its_original(rng):
+    import copy
+    net = Arch(4, 6, num_layers=2, bidirectional=True, peephole=True, output_size=2).make(
+        dtype=np.float64, seed=15)
+    x = random_x(rng, 5, 3, 4)
+    R = rng.standard_normal((5, 3, 2))
+    _, cache = net.forward(x)
+    expected = net.backward(R, cache).flat
+    kept = copy.copy(cache)
+    del cache
+    gc.collect()
+    net.forward(random_x(rng, 5, 3, 4))    # reuses the freed cache's buffers
+    np.testing.assert_array_equal(net.backward(R, kept).flat, expected)
+
+
 def test_pool_keeps_a_bounded_number_of_buffers():
     from lstmx.lstm import _Pool
     pool = _Pool(np.float32)
@@ -153,3 +168,26 @@ def test_pool_keeps_a_bounded_number_of_buffers():
     assert min(b.size for b in pool.free) == 6 * 3     # the smallest went first
     a = pool.take((4, 4))           # the smallest that fits
     assert a.shape == (4, 4) and a.base.size == 6 * 3
+    big = _Pool(np.float32)
+    big.give([big.take((10_000,))])
+    assert big.take((100,)).base.size == 100   # not the 40 KB buffer
+    assert big.take((5_000,)).base.size == 10_000
+
+
+def test_networks_copy_and_pickle_with_a_fresh_pool(rng):
+    """A copied or pickled network gets a pool of its own, and works; a
+    deep-copied cache still belongs to the network it came from."""
+    import copy
+    import pickle
+    net = Arch(4, 6, num_layers=2, bidirectional=True, peephole=True, output_size=2).make(
+        dtype=np.float64, seed=16)
+    x = random_x(rng, 5, 3, 4)
+    y = net.predict(x)
+    for twin in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        assert twin._pool is not net._pool and not twin._pool.free
+        np.testing.assert_array_equal(twin.predict(x), y)
+    _, cache = net.forward(x)
+    R = rng.standard_normal(y.shape)
+    twin_cache = copy.deepcopy(cache)
+    assert twin_cache.net is net
+    np.testing.assert_array_equal(net.backward(R, twin_cache).flat, net.backward(R, cache).flat)

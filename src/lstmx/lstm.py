@@ -15,6 +15,7 @@ this layout against 28 us stored transposed, at H=512 69 against 78 us (two
 threads: 37 against 45 us) -- neither layout won throughout, and the
 recurrent products are now _cell.c's own, written for this layout.
 """
+import copy
 import math
 import threading
 import weakref
@@ -158,6 +159,15 @@ class Cache:
     def __init__(self, **kw):
         self.__dict__.update(kw)
 
+    def __copy__(self):
+        # a shallow copy would share arrays that go back to the network's
+        # pool when this cache is freed: copy them (the network itself is
+        # shared, as it must be)
+        return Cache(**copy.deepcopy(self.__dict__, {id(self.net): self.net}))
+
+    def __deepcopy__(self, memo):
+        return self.__copy__()
+
 
 class _Pool:
     """Buffers that a network's runs reuse rather than allocate: what
@@ -167,23 +177,29 @@ class _Pool:
     fifth of small_train's samples (exc_page_fault, clear_page and the
     like), 6% of seed_train's.
 
-    A request takes the smallest free buffer that is large enough (one
-    buffer serves runs of any shorter T). At most MAX_FREE buffers are
-    kept, the smallest dropped first. Arrays handed to the caller (y,
-    gradients, states) never come from here.
+    A request takes the smallest free buffer that is large enough and at
+    most FIT times larger (one buffer serves runs of a shorter T, but a
+    large buffer is not spent on a small request). At most MAX_FREE
+    buffers are kept, the smallest dropped first. Arrays handed to the
+    caller (y, gradients, states) never come from here.
     """
 
     MAX_FREE = 32
+    FIT = 4
 
     def __init__(self, dtype):
         self.dtype = dtype
         self.lock = threading.Lock()
         self.free = []    # 1-D buffers, none taken
 
+    def __reduce__(self):
+        # a copied or pickled network starts with an empty pool
+        return (_Pool, (self.dtype,))
+
     def take(self, shape):
         n = math.prod(shape)
         with self.lock:
-            fits = [i for i, b in enumerate(self.free) if b.size >= n]
+            fits = [i for i, b in enumerate(self.free) if n <= b.size <= self.FIT * max(n, 1024)]
             buf = self.free.pop(min(fits, key=lambda i: self.free[i].size)) if fits else None
         if buf is None:
             buf = np.empty(max(n, 1), self.dtype)
