@@ -1,6 +1,7 @@
 """lstmx.fit (the training loop) and ``lstmx train`` (training from files,
 checkpoints, bit-exact --resume)."""
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -369,3 +370,25 @@ def test_train_errors(tmp_path, capsys):
     other = write_dense(tmp_path / "other_data.npz", seed=1)
     assert train(other, "--epochs", 2, "--resume", "--out", out) == 1
     one_line_error(capsys, "not the data")
+
+
+def test_train_on_a_terminal_reports_each_epoch_once(tmp_path, capsys, monkeypatch):
+    """With a progress bar (stderr a terminal), the bar is erased at the end
+    of each epoch and the epoch's line is printed once, by train."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    data = write_dense(tmp_path / "data.npz")
+    assert train(data, "--hidden", 3, "--epochs", 2, "--out", tmp_path / "m.npz") == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("epoch 1/2") == 1 and captured.out.count("epoch 2/2") == 1
+    assert "[" in captured.err                       # the bar was drawn
+    assert " loss " not in captured.err.split("\r")[-1]   # and erased, no epoch line
+
+
+def test_fit_progress_bar_ends_each_epoch_with_a_line(capsys):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 8, 2)).astype(np.float32)
+    y = (x[..., 0] > 0).astype(np.int64)
+    lstmx.fit(lstmx.LSTM(2, 3, output_size=2, seed=0), (x, y), epochs=2, batch_size=4,
+              seed=0, progress=True)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and "epoch 2/2 loss" in err

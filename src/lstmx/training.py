@@ -199,8 +199,9 @@ def _evaluate(net, data, loss_fn, batch_size):
 class _Progress:
     """One line on stderr, redrawn in place during an epoch."""
 
-    def __init__(self, epochs, batches):
+    def __init__(self, epochs, batches, epoch_lines=True):
         self.epochs, self.batches = epochs, batches
+        self.epoch_lines = epoch_lines   # else the caller reports each epoch
         self.last = 0.0
 
     def update(self, epoch, batch, loss):
@@ -215,6 +216,10 @@ class _Progress:
         sys.stderr.flush()
 
     def end_epoch(self, metrics):
+        if not self.epoch_lines:
+            sys.stderr.write("\r" + " " * 79 + "\r")     # the bar goes
+            sys.stderr.flush()
+            return
         val = metrics["val_loss"]
         sys.stderr.write(f"\repoch {metrics['epoch']}/{self.epochs} loss {metrics['loss']:.4g}"
                          + ("" if val is None else f" val_loss {val:.4g}")
@@ -287,8 +292,10 @@ def fit(net, data, *, loss="ce", optimizer=None, epochs=10, batch_size=32, shuff
 
 
 def _fit(net, data, *, loss, optimizer, epochs, batch_size, shuffle, seed, validation, clip,
-         early_stopping, callback, progress, first_epoch=1):
-    """fit, numbering epochs from first_epoch up to epochs (to resume a run)."""
+         early_stopping, callback, progress, first_epoch=1, epoch_lines=True):
+    """fit, numbering epochs from first_epoch up to epochs (to resume a run);
+    without epoch_lines the progress bar reports no epoch (the callback
+    does)."""
     if not isinstance(net, LSTM):
         raise TypeError(f"net: expected an lstmx.LSTM, got {type(net).__name__}")
     if not isinstance(loss, str) or loss not in LOSSES:
@@ -334,7 +341,8 @@ def _fit(net, data, *, loss, optimizer, epochs, batch_size, shuffle, seed, valid
 
     loss_fn = LOSSES[loss]
     batches = math.ceil(len(train) / batch_size)
-    bar = _Progress(epochs, batches) if (sys.stderr.isatty() if progress is None else progress) else None
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = _Progress(epochs, batches, epoch_lines) if show else None
     history = []
     best = (math.inf, None)      # (val_loss, copy of net.flat)
     waited = 0
@@ -566,5 +574,5 @@ def train_files(data_path, out, *, epochs=None, resume=False, say=print, **optio
     return _fit(net, data, loss=config["loss"], optimizer=optimizer, epochs=epochs,
                 batch_size=check_int(config["batch"], "--batch"), shuffle=True, seed=rng,
                 validation=validation, clip=None, early_stopping=None, callback=checkpoint,
-                progress=None, first_epoch=done + 1)
+                progress=None, first_epoch=done + 1, epoch_lines=False)
 
