@@ -6,6 +6,8 @@ the same order however the rows are split; the input projection is then
 several narrower GEMMs, which BLAS may sum in another order (seen: 1 ulp),
 so the comparison allows a few ulps.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -155,3 +157,53 @@ def test_batch_split_by_units(dtype, rng, monkeypatch):
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     for a, b in zip(split, whole):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)
+
+
+@pytest.fixture
+def one_thread():
+    old = lstmx.get_num_threads()
+    lstmx.set_num_threads(1)
+    yield
+    lstmx.set_num_threads(old)
+
+
+@pytest.mark.parametrize("N, bidirectional, hidden, split", [
+    (1, False, 64, "units"), (1, True, 64, "units"), (9, False, 64, "batch"),
+    (6, True, 12, None), (20, False, 64, "batch")],
+    ids=["units", "units-bi", "halves", "directions", "halves-backward"])
+def test_one_thread_gives_what_two_give(N, bidirectional, hidden, split, rng, one_thread):
+    """set_num_threads(1): every run on one thread, none split, the same
+    results as on two."""
+    net = Arch(5, hidden, num_layers=2, bidirectional=bidirectional, peephole=True,
+               output_size=3).make(dtype=np.float64, seed=8)
+    assert lstmx.get_num_threads() == 1
+    assert net._split(N) is None and not net._split_backward(N) and not net._split_recurrence(N)
+    x = random_x(rng, 6, N, 5)
+    state = random_state(rng, net, N)
+    lengths = rng.integers(1, 7, N)
+    one = _run(net, x, lengths, state)
+    lstmx.set_num_threads(2)
+    if lstmx._lstm.can_split() or split != "units":
+        assert net._split(N) == split
+    assert net._split_backward(N) == (not bidirectional and N > 1)
+    two = _run(net, x, lengths, state)
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
+def test_set_num_threads_refuses_bad_values(bad):
+    with pytest.raises(ValueError, match="positive integer"):
+        lstmx.set_num_threads(bad)
+
+
+def test_num_threads_from_the_environment():
+    import subprocess
+    import sys
+    code = "import lstmx; print(lstmx.get_num_threads())"
+    for value, expected in (("1", "1"), ("8", "2"), ("zero", "2")):
+        env = dict(os.environ, LSTMX_NUM_THREADS=value)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True)
+        assert out.stdout.strip() == expected
+        assert ("not a positive integer" in out.stderr) == (value == "zero")

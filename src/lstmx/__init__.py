@@ -15,5 +15,7 @@ from . import io
 from . import losses, optim
 from .persist import load
 from .training import fit
+from ._threads import get_num_threads, set_num_threads
 
-__all__ = ["LSTM", "Cache", "Gradients", "io", "losses", "optim", "load", "fit", "__version__"]
+__all__ = ["LSTM", "Cache", "Gradients", "io", "losses", "optim", "load", "fit",
+           "get_num_threads", "set_num_threads", "__version__"]

@@ -17,11 +17,50 @@ import ctypes
 import glob
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 _pool = None
 _pool_pid = None
 _pool_lock = threading.Lock()
+
+
+def _threads_from_environment():
+    value = os.environ.get("LSTMX_NUM_THREADS")
+    if value is None:
+        return 2
+    try:
+        n = int(value)
+        if n < 1:
+            raise ValueError
+    except ValueError:
+        warnings.warn(f"LSTMX_NUM_THREADS={value!r} is not a positive integer: using 2 threads",
+                      RuntimeWarning, stacklevel=2)
+        return 2
+    return min(n, 2)
+
+
+_num_threads = _threads_from_environment()
+
+
+def set_num_threads(n):
+    """Use at most n threads (1 or more; lstmx uses 2 at most) in every
+    network's runs from now on. The default is 2, or the environment
+    variable LSTMX_NUM_THREADS. One thread is the better choice where other
+    processes keep the cores busy: a recurrence split between two threads
+    waits for both at every step (small_infer with a busy process on one of
+    two cores, median: 7-12 ms on two threads, 2.0-2.6 ms on one)."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n: expected a positive integer, got {n!r}")
+    _num_threads = min(int(n), 2)
+
+
+def get_num_threads():
+    """The number of threads that lstmx's runs use (1 or 2)."""
+    return _num_threads
 
 
 def _find_set_local():
@@ -72,8 +111,11 @@ def in_threads(n, run):
     """run(i) for i < n (n is 1 or 2): with n == 2, run(1) on a second
     thread, and both hold BLAS to one thread."""
     global _pool, _pool_pid
-    if n == 1:
-        run(0)
+    if n == 1 or _num_threads == 1:
+        # one after the other: callers give independent tasks when
+        # get_num_threads() is 1
+        for i in range(n):
+            run(i)
         return
     with _pool_lock:
         if _pool is None or _pool_pid != os.getpid():

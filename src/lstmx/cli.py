@@ -41,6 +41,7 @@ import sys
 import numpy as np
 
 from . import __version__
+from ._threads import get_num_threads
 
 __all__ = ["main", "command", "argument"]
 
@@ -126,7 +127,8 @@ def main(argv=None, prog="lstmx"):
 # ----------------------------------------------------------------------
 # info
 
-_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_THREAD_VARIABLES = ("LSTMX_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                     "MKL_NUM_THREADS")
 
 
 def _scipy_blas():
@@ -172,6 +174,7 @@ def _info_report():
         "dtypes": [dt.name for dt in FLOAT_DTYPES],
         "blas": _scipy_blas(),
         "threads": {
+            "lstmx_threads": get_num_threads(),
             "cpu_count": os.cpu_count(),
             "usable_cpus": usable,
             **{name: os.environ.get(name) for name in _THREAD_VARIABLES},
@@ -193,6 +196,7 @@ def _print_info(report):
     if "openblas configuration" in blas:
         rows.append(("", blas["openblas configuration"]))
     usable = threads["usable_cpus"]
+    rows.append(("lstmx threads", f"{threads['lstmx_threads']} (lstmx.set_num_threads)"))
     rows.append(("cpus", f"{threads['cpu_count']}"
                  + ("" if usable is None else f" ({usable} usable by this process)")))
     for name in _THREAD_VARIABLES:
@@ -221,8 +225,9 @@ def _info(args):
     SciPy's versions, the dtypes it computes in, the BLAS that SciPy
     provides (lstmx calls it through scipy.linalg.cython_blas and links
     none of its own), and the settings that decide how many threads it
-    uses: OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS, the CPU
-    count, and the thread pools threadpoolctl sees if it is installed.
+    uses: lstmx's own (LSTMX_NUM_THREADS, lstmx.set_num_threads),
+    OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS, the CPU count,
+    and the thread pools threadpoolctl sees if it is installed.
 
     Paste its output into bug reports about speed.
     """

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _lstm
-from ._threads import blas_held, in_threads
+from ._threads import blas_held, get_num_threads, in_threads
 from ._validation import (
     as_float_array,
     as_lengths,
@@ -353,6 +353,8 @@ class LSTM:
         (one direction of SPLIT_MIN_BATCH or more sequences: each thread
         runs half of them, which are independent, so that the threads never
         wait for each other), or None."""
+        if get_num_threads() == 1:
+            return None
         if self._split_recurrence(N):
             return "units"
         if self.num_directions == 1 and N >= SPLIT_MIN_BATCH:
@@ -364,7 +366,8 @@ class LSTM:
         two threads (each runs its half's BPTT recurrence, then half of the
         rows of each weight gradient)."""
         H = self.hidden_size
-        return self.num_directions == 1 and N >= 2 and 8 * N * H * H >= BACKWARD_SPLIT_MIN_FLOPS
+        return (get_num_threads() == 2 and self.num_directions == 1 and N >= 2
+                and 8 * N * H * H >= BACKWARD_SPLIT_MIN_FLOPS)
 
     def _split_recurrence(self, N):
         """Whether each recurrence is shared by two threads, each holding
@@ -382,7 +385,7 @@ class LSTM:
         Two directions run on a thread each instead.
         """
         H = self.hidden_size
-        if not _lstm.can_split():
+        if not _lstm.can_split() or get_num_threads() == 1:
             return False
         w_h_bytes = 4 * H * H * self.dtype.itemsize
         if N == 1:
