@@ -51,7 +51,7 @@ def set_num_threads(n):
     variable LSTMX_NUM_THREADS. One thread is the better choice where other
     processes keep the cores busy: a recurrence split between two threads
     waits for both at every step (small_infer with a busy process on one of
-    two cores, median: 7-12 ms on two threads, 2.0-2.6 ms on one)."""
+    two cores, median: 7-12 ms on two threads, 1.8-2.6 ms on one)."""
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n: expected a positive integer, got {n!r}")
