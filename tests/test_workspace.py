@@ -191,3 +191,49 @@ def test_networks_copy_and_pickle_with_a_fresh_pool(rng):
     twin_cache = copy.deepcopy(cache)
     assert twin_cache.net is net
     np.testing.assert_array_equal(net.backward(R, twin_cache).flat, net.backward(R, cache).flat)
+
+
+def _predict_in_child(conn, net, x):
+    conn.send(net.predict(x))
+    conn.close()
+
+
+def test_split_runs_in_a_forked_child(rng):
+    """A forked child has no worker thread (threads do not survive fork):
+    it starts its own, and a split run there gives the parent's result."""
+    import multiprocessing
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    net = Arch(4, 64, num_layers=1, bidirectional=False, peephole=True, output_size=3).make(
+        dtype=np.float32, seed=17)
+    assert net._split(1) in ("units", None)
+    x = random_x(rng, 30, 1, 4).astype(np.float32)
+    y = net.predict(x)                       # the parent's worker now exists
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_predict_in_child, args=(child, net, x))
+    proc.start()
+    assert parent.poll(60), "the child did not answer"
+    y_child = parent.recv()
+    proc.join(60)
+    assert proc.exitcode == 0
+    np.testing.assert_array_equal(y_child, y)
+
+
+def test_pairs_fall_back_to_a_python_thread_when_the_worker_is_taken(rng):
+    """While another call holds lstmx's worker thread, a split run pairs its
+    jobs on a thread of its own: same result."""
+    import lstmx
+    net = Arch(4, 64, num_layers=2, bidirectional=True, peephole=True, output_size=3).make(
+        dtype=np.float64, seed=18)
+    x = random_x(rng, 20, 1, 4)
+    y = net.predict(x)
+    y_train, cache = net.forward(x)
+    g = net.backward(np.ones_like(y_train), cache)
+    assert lstmx._lstm._worker_lock.acquire(blocking=False)
+    try:
+        np.testing.assert_array_equal(net.predict(x), y)
+        _, cache = net.forward(x)
+        np.testing.assert_array_equal(net.backward(np.ones_like(y_train), cache).flat, g.flat)
+    finally:
+        lstmx._lstm._worker_lock.release()

@@ -16,8 +16,12 @@
  * Gate order in a, act and da is i, f, g (the cell input), o; peep is
  * p_i, p_f, p_o (zeros for a network without peepholes).
  */
+#if defined(__unix__) || defined(__APPLE__)
+#define _POSIX_C_SOURCE 200809L  /* clock_gettime under -std=c11 */
+#endif
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "_cell.h"
@@ -734,7 +738,9 @@ void lstmx_activations_f32(ptrdiff_t n, const float *z, float *e, float *s,
 /* ---- a barrier for the threads that share one recurrence --------------- */
 
 #if LSTMX_HAVE_BARRIER
+#include <pthread.h>
 #include <sched.h>
+#include <time.h>
 
 /* Sense-reversing barrier over b[0] (arrivals) and b[1] (sense), both 0 at
  * first; *sense is the caller's own, 0 at first. Waiters spin (the wait is
@@ -750,6 +756,109 @@ void lstmx_barrier_wait(int *b, int nthreads, int *sense)
         return;
     }
     for (unsigned spins = 1; __atomic_load_n(&b[1], __ATOMIC_ACQUIRE) != s; spins++) {
+        if (spins % 4096 == 0)
+            sched_yield();
+    }
+}
+
+/* ---- the second thread of a pair of jobs (_lstm.run_pair) --------------- */
+
+/* A thread of its own that runs one job at a time, handed over without the
+ * GIL: a Python thread could start only once it had the GIL back, and
+ * waking one took 50-130 us here (median; a virtual machine's idle vCPU),
+ * several times a training step. After each job it spins for
+ * LSTMX_WORKER_SPIN seconds before it sleeps on a condition variable. */
+#define LSTMX_WORKER_SPIN 2e-3
+
+struct lstmx_worker {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    void (*fn)(void *);
+    void *arg;
+    int posted, done, sleeping;   /* jobs posted and done; asleep on cv */
+    int (*init)(int);
+};
+
+static double lstmx_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+static void *lstmx_worker_main(void *p)
+{
+    struct lstmx_worker *w = p;
+    if (w->init)
+        w->init(1);   /* e.g. hold this thread's OpenBLAS to one thread */
+    int seen = 0;
+    for (;;) {
+        double start = 0;
+        for (unsigned spins = 1;
+             __atomic_load_n(&w->posted, __ATOMIC_ACQUIRE) == seen; spins++) {
+            if (spins % 1024)
+                continue;
+            double t = lstmx_now();
+            if (start == 0) {
+                start = t;
+            } else if (t - start > LSTMX_WORKER_SPIN) {
+                pthread_mutex_lock(&w->mu);
+                w->sleeping = 1;
+                while (__atomic_load_n(&w->posted, __ATOMIC_ACQUIRE) == seen)
+                    pthread_cond_wait(&w->cv, &w->mu);
+                w->sleeping = 0;
+                pthread_mutex_unlock(&w->mu);
+                break;
+            }
+        }
+        seen++;
+        w->fn(w->arg);
+        __atomic_store_n(&w->done, seen, __ATOMIC_RELEASE);
+    }
+    return NULL;
+}
+
+struct lstmx_worker *lstmx_worker_new(int (*init)(int))
+{
+    struct lstmx_worker *w = calloc(1, sizeof *w);
+    pthread_t thread;
+    pthread_attr_t attr;
+    if (w == NULL)
+        return NULL;
+    w->init = init;
+    if (pthread_mutex_init(&w->mu, NULL) || pthread_cond_init(&w->cv, NULL)
+        || pthread_attr_init(&attr)) {
+        free(w);
+        return NULL;
+    }
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int failed = pthread_create(&thread, &attr, lstmx_worker_main, w);
+    pthread_attr_destroy(&attr);
+    if (failed) {
+        free(w);
+        return NULL;
+    }
+    return w;   /* lives as long as the process */
+}
+
+/* Start fn(arg) on the worker; one caller at a time, one job at a time. */
+void lstmx_worker_post(struct lstmx_worker *w, void (*fn)(void *), void *arg)
+{
+    w->fn = fn;
+    w->arg = arg;
+    pthread_mutex_lock(&w->mu);
+    __atomic_store_n(&w->posted, w->posted + 1, __ATOMIC_RELEASE);
+    if (w->sleeping)
+        pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Wait for the job posted last (spinning: it runs as long as the caller's
+ * own half of the work). */
+void lstmx_worker_wait(struct lstmx_worker *w)
+{
+    int posted = w->posted;
+    for (unsigned spins = 1; __atomic_load_n(&w->done, __ATOMIC_ACQUIRE) != posted; spins++) {
         if (spins % 4096 == 0)
             sched_yield();
     }

@@ -62,12 +62,29 @@ LSTMX_DECLARE_XENT(double, f64)
 #if defined(__GNUC__) && (defined(__unix__) || defined(__APPLE__))
 #define LSTMX_HAVE_BARRIER 1
 void lstmx_barrier_wait(int *b, int nthreads, int *sense);
+/* A second thread for pairs of jobs (see _cell.c); NULL where none. */
+struct lstmx_worker;
+struct lstmx_worker *lstmx_worker_new(int (*init)(int));
+void lstmx_worker_post(struct lstmx_worker *w, void (*fn)(void *), void *arg);
+void lstmx_worker_wait(struct lstmx_worker *w);
 #else
 #define LSTMX_HAVE_BARRIER 0
 static inline void lstmx_barrier_wait(int *b, int nthreads, int *sense)
 {
     (void)b, (void)nthreads, (void)sense;  /* never called: nparts stays 1 */
 }
+struct lstmx_worker;
+static inline struct lstmx_worker *lstmx_worker_new(int (*init)(int))
+{
+    (void)init;
+    return NULL;   /* jobs pair up on Python threads instead */
+}
+static inline void lstmx_worker_post(struct lstmx_worker *w,
+                                     void (*fn)(void *), void *arg)
+{
+    (void)w, (void)fn, (void)arg;
+}
+static inline void lstmx_worker_wait(struct lstmx_worker *w) { (void)w; }
 #endif
 
 /* The float32 activations, exported for the tests of their error bound. */

@@ -15,6 +15,9 @@ s < lengths[n]; inactive sequences keep their state and get no output.
 The Python layer validates every shape before calling: bounds checks are off.
 Nothing is allocated here; the caller passes workspaces.
 """
+import ctypes
+import os
+import threading
 import time
 
 from libc.stdlib cimport free, malloc
@@ -35,6 +38,11 @@ cdef extern from "_cell.h" nogil:
                                 double* h_out, double* c_out)
     int LSTMX_HAVE_BARRIER
     void lstmx_barrier_wait(int* b, int nthreads, int* sense)
+    struct lstmx_worker:
+        pass
+    lstmx_worker* lstmx_worker_new(int (*init)(int) noexcept nogil)
+    void lstmx_worker_post(lstmx_worker* w, void (*fn)(void*) noexcept nogil, void* arg)
+    void lstmx_worker_wait(lstmx_worker* w)
     void lstmx_cell_backward_f32(Py_ssize_t H, const float* act, const float* c_t,
                                  const float* c_prev, const float* peep,
                                  const float* dh_out, const float* dh_next,
@@ -196,6 +204,69 @@ def _gemm_packed_test(const floating[:, ::1] a, const floating[:, ::1] w, bint t
         free(P)
 
 
+# A kernel call prepared as a Job (the def functions below with defer=True)
+# runs later without the GIL; run_pair (at the end of the kernels) runs two
+# at once.
+
+cdef enum:
+    _PROJECT, _FORWARD, _BACKWARD, _WEIGHTS
+
+cdef struct _Args:
+    # the arguments of one kernel call; pointers to float or double (dbl)
+    int kind
+    bint dbl
+    bint reverse
+    bint flag
+    Py_ssize_t T, N, I, H, R, G, u0, u1, n0, n1, ld
+    int part, nparts
+    const int* lengths
+    int* barrier
+    void* x
+    void* w_x
+    void* w_h
+    void* bias
+    void* peep
+    void* h_buf
+    void* c
+    void* out
+    void* gates
+    void* c_all
+    void* h_prev_all
+    void* rec
+    void* owned
+    void* c0
+    void* dh_n
+    void* dc_n
+    void* dpeep
+    void* dgates
+    void* dh_rec
+    void* dw_x
+    void* dw_h
+    void* dx
+
+
+cdef class Job:
+    """One kernel call, checked and ready: run() runs it (the GIL
+    released); run_pair(a, b) runs two at once."""
+    cdef _Args args
+    cdef object keep      # the arrays that args point into
+    cdef void* owned      # a packed W_h, freed with the job
+
+    def __dealloc__(self):
+        free(self.owned)
+
+    cdef object _run_or_defer(self, bint defer):
+        self.args.owned = self.owned
+        if defer:
+            return self
+        self.run()
+        return None
+
+    def run(self):
+        with nogil:
+            _run_job(&self.args)
+
+
 cdef void _project(Py_ssize_t R, Py_ssize_t I, Py_ssize_t H, Py_ssize_t u0,
                    Py_ssize_t u1, const floating* x, const floating* w_x,
                    floating* gates) noexcept nogil:
@@ -214,16 +285,24 @@ cdef void _project(Py_ssize_t R, Py_ssize_t I, Py_ssize_t H, Py_ssize_t u0,
 
 
 def lstm_project(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
-                 floating[:, :, ::1] gates):
+                 floating[:, :, ::1] gates, bint defer=False):
     """Input projection of all T*N rows in one GEMM: gates = X W_x^T.
 
     x (T, N, I); w_x (4H, I); gates (T, N, 4H) out. The bias is added by the
     cell. Run before the recurrence, from one thread: BLAS may use several.
+    With defer, returns the call as a Job (see run_pair) instead.
     """
-    cdef Py_ssize_t H = w_x.shape[0] // 4
-    with nogil:
-        _project(x.shape[0] * x.shape[1], x.shape[2], H, 0, H, &x[0, 0, 0],
-                 &w_x[0, 0], &gates[0, 0, 0])
+    cdef Job job = Job()
+    job.keep = (x, w_x, gates)
+    job.args.kind = _PROJECT
+    job.args.dbl = floating is double
+    job.args.R = x.shape[0] * x.shape[1]
+    job.args.I = x.shape[2]
+    job.args.H = w_x.shape[0] // 4
+    job.args.x = <void*>&x[0, 0, 0]
+    job.args.w_x = <void*>&w_x[0, 0]
+    job.args.gates = <void*>&gates[0, 0, 0]
+    return job._run_or_defer(defer)
 
 
 cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
@@ -321,7 +400,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
                  floating[:, :, ::1] gates, floating[:, :, ::1] c_all,
                  floating[:, :, ::1] h_prev_all, floating[:, ::1] rec,
                  int part=0, int nparts=1, int[::1] barrier=None,
-                 Py_ssize_t n0=0, Py_ssize_t n1=-1):
+                 Py_ssize_t n0=0, Py_ssize_t n1=-1, bint defer=False):
     """Run the recurrence of one direction of one layer; see ``_forward``.
 
     x (T, N, I), or empty (0, 0, 0) when gates already holds the input
@@ -341,6 +420,8 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     Or, with nparts == 1, run only the sequences n0 <= n < n1 (n1 = -1: to
     N): threads given disjoint ranges run at once without waiting for each
     other. x must then be empty (project first, with ``lstm_project``).
+
+    With defer, returns the call as a Job (see run_pair) instead.
     """
     cdef Py_ssize_t T = gates.shape[0], N = gates.shape[1], H = w_h.shape[1]
     cdef Py_ssize_t I = w_x.shape[1]
@@ -353,20 +434,37 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
         n1 = N
     if nparts > 1 and not LSTMX_HAVE_BARRIER:
         raise ValueError("nparts > 1 needs the barrier of _cell.c, not built here")
+    if nparts > 1 and (barrier is None or barrier.shape[0] < 2 or not 0 <= part < nparts):
+        raise ValueError(f"barrier, part: expected 2 zeroed ints shared by the parts "
+                         f"and 0 <= part < {nparts}")
     if not (0 <= n0 < n1 <= N) or ((n0 or n1 != N) and (nparts > 1 or x_p != NULL)):
         raise ValueError("n0, n1: a range of sequences, with nparts == 1 and x empty")
-    cdef floating* w_pack = NULL
+    cdef Job job = Job()
+    job.keep = (x, w_x, w_h, bias, peep, lengths, h_buf, c, out, gates, c_all,
+                h_prev_all, rec, barrier)
     if (n1 - n0 if nparts == 1 else N) > SMALL_N:
-        w_pack = _alloc(4 * _packed_size(u1 - u0, H, &w_h[0, 0]), &w_h[0, 0])
-    try:
-        with nogil:
-            _forward(T, N, I, H, u0, u1, x_p, &w_x[0, 0], &w_h[0, 0], &bias[0],
-                     &peep[0], &lengths[0], reverse, &h_buf[0, 0, 0], &c[0, 0],
-                     &out[0, 0, out_col], out.shape[2], &gates[0, 0, 0],
-                     c_all_p, h_prev_p, &rec[0, 0], w_pack, barrier_p, nparts,
-                     n0, n1)
-    finally:
-        free(w_pack)
+        job.owned = _alloc(4 * _packed_size(u1 - u0, H, &w_h[0, 0]), &w_h[0, 0])
+    job.args.kind = _FORWARD
+    job.args.dbl = floating is double
+    job.args.T, job.args.N, job.args.I, job.args.H = T, N, I, H
+    job.args.u0, job.args.u1, job.args.n0, job.args.n1 = u0, u1, n0, n1
+    job.args.nparts, job.args.reverse = nparts, reverse
+    job.args.x = <void*>x_p
+    job.args.w_x = <void*>&w_x[0, 0]
+    job.args.w_h = <void*>&w_h[0, 0]
+    job.args.bias = <void*>&bias[0]
+    job.args.peep = <void*>&peep[0]
+    job.args.lengths = &lengths[0]
+    job.args.h_buf = <void*>&h_buf[0, 0, 0]
+    job.args.c = <void*>&c[0, 0]
+    job.args.out = <void*>&out[0, 0, out_col]
+    job.args.ld = out.shape[2]
+    job.args.gates = <void*>&gates[0, 0, 0]
+    job.args.c_all = <void*>c_all_p
+    job.args.h_prev_all = <void*>h_prev_p
+    job.args.rec = <void*>&rec[0, 0]
+    job.args.barrier = barrier_p
+    return job._run_or_defer(defer)
 
 
 def can_split():
@@ -457,7 +555,8 @@ def lstm_backward(const floating[:, ::1] w_h, const floating[::1] peep,
                   floating[::1] dbias, floating[::1] dpeep,
                   floating[:, ::1] dh0, floating[:, ::1] dc0,
                   floating[:, :, ::1] dgates, floating[:, ::1] drec,
-                  floating[:, ::1] dh_rec, Py_ssize_t n0=0, Py_ssize_t n1=-1):
+                  floating[:, ::1] dh_rec, Py_ssize_t n0=0, Py_ssize_t n1=-1,
+                  bint defer=False):
     """The BPTT recurrence of one direction of one layer; see ``_backward``.
 
     gates, c_all from a training ``lstm_forward``; dout (T, N, D*H) is
@@ -468,25 +567,61 @@ def lstm_backward(const floating[:, ::1] w_h, const floating[::1] peep,
     Only the sequences n0 <= n < n1 (n1 = -1: to N) are run, their rows of
     dh0, dc0 and dgates written and their sums put in dbias and dpeep:
     threads given disjoint ranges and their own dbias and dpeep run at once.
+    With defer, returns the call as a Job (see run_pair) instead.
     """
     cdef Py_ssize_t T = gates.shape[0], N = gates.shape[1], H = w_h.shape[1]
-    cdef floating* w_pack = NULL
+    cdef Job job = Job()
     if n1 < 0:
         n1 = N
     if not 0 <= n0 < n1 <= N:
         raise ValueError("n0, n1: a range of sequences")
+    job.keep = (w_h, peep, lengths, c0, gates, c_all, dout, dh_n, dc_n, dbias, dpeep,
+                dh0, dc0, dgates, drec, dh_rec)
     if n1 - n0 > SMALL_N:
-        w_pack = _alloc(_packed_size(H, 4 * H, &w_h[0, 0]), &w_h[0, 0])
-    try:
-        with nogil:
-            _backward(T, N, H, &w_h[0, 0], &peep[0], &lengths[0], reverse,
-                      &c0[0, 0], &gates[0, 0, 0], &c_all[0, 0, 0],
-                      &dout[0, 0, dout_col], dout.shape[2], &dh_n[0, 0],
-                      &dc_n[0, 0], &dbias[0], &dpeep[0], &dh0[0, 0], &dc0[0, 0],
-                      &dgates[0, 0, 0], &drec[0, 0], &dh_rec[0, 0], w_pack,
-                      n0, n1)
-    finally:
-        free(w_pack)
+        job.owned = _alloc(_packed_size(H, 4 * H, &w_h[0, 0]), &w_h[0, 0])
+    job.args.kind = _BACKWARD
+    job.args.dbl = floating is double
+    job.args.T, job.args.N, job.args.H, job.args.n0, job.args.n1 = T, N, H, n0, n1
+    job.args.reverse = reverse
+    job.args.w_h = <void*>&w_h[0, 0]
+    job.args.peep = <void*>&peep[0]
+    job.args.lengths = &lengths[0]
+    job.args.c0 = <void*>&c0[0, 0]
+    job.args.gates = <void*>&gates[0, 0, 0]
+    job.args.c_all = <void*>&c_all[0, 0, 0]
+    job.args.out = <void*>&dout[0, 0, dout_col]
+    job.args.ld = dout.shape[2]
+    job.args.dh_n = <void*>&dh_n[0, 0]
+    job.args.dc_n = <void*>&dc_n[0, 0]
+    job.args.bias = <void*>&dbias[0]
+    job.args.dpeep = <void*>&dpeep[0]
+    job.args.h_buf = <void*>&dh0[0, 0]
+    job.args.c = <void*>&dc0[0, 0]
+    job.args.dgates = <void*>&dgates[0, 0, 0]
+    job.args.rec = <void*>&drec[0, 0]
+    job.args.dh_rec = <void*>&dh_rec[0, 0]
+    return job._run_or_defer(defer)
+
+
+cdef void _weights(int R, int I, int G, int H, int part, int nparts,
+                   const floating* x, const floating* w_x,
+                   const floating* h_prev_all, const floating* dgates,
+                   floating* dw_x, floating* dw_h, floating* dx,
+                   bint accumulate_dx) noexcept nogil:
+    """Part ``part`` of ``nparts`` of the rows of dW_x (4H, I) = dA^T X,
+    dW_h (4H, H) = dA^T H_prev and dX (R, I) = dA W_x (dx NULL: none)."""
+    cdef int g0 = G * part // nparts, g1 = G * (part + 1) // nparts
+    cdef int r0 = <int>(<long long>R * part // nparts)
+    cdef int r1 = <int>(<long long>R * (part + 1) // nparts)
+    cdef floating beta = 1.0 if accumulate_dx else 0.0
+    if g1 > g0:
+        gemm(True, False, g1 - g0, I, R, <floating>1.0, dgates + g0, G,
+             x, I, <floating>0.0, dw_x + <Py_ssize_t>g0 * I, I)
+        gemm(True, False, g1 - g0, H, R, <floating>1.0, dgates + g0, G,
+             h_prev_all, H, <floating>0.0, dw_h + <Py_ssize_t>g0 * H, H)
+    if r1 > r0 and dx != NULL:
+        gemm(False, False, r1 - r0, I, G, <floating>1.0, dgates + <Py_ssize_t>r0 * G, G,
+             w_x, I, beta, dx + <Py_ssize_t>r0 * I, I)
 
 
 def lstm_backward_weights(const floating[:, :, ::1] x,
@@ -495,7 +630,7 @@ def lstm_backward_weights(const floating[:, :, ::1] x,
                           const floating[:, :, ::1] dgates,
                           floating[:, ::1] dw_x, floating[:, ::1] dw_h,
                           floating[:, :, ::1] dx, bint accumulate_dx,
-                          int part=0, int nparts=1):
+                          int part=0, int nparts=1, bint defer=False):
     """Weight and input gradients over all T*N rows at once (seed 002,
     eqs 11-13): dW_x = dA^T X, dW_h = dA^T H_prev, dX = dA W_x.
 
@@ -506,25 +641,120 @@ def lstm_backward_weights(const floating[:, :, ::1] x,
 
     With nparts > 1, part p computes the p-th slice of the rows of dW_x,
     dW_h and dX: the parts can run at once on threads of their own, each
-    with BLAS on one thread.
+    with BLAS on one thread. With defer, returns the call as a Job (see
+    run_pair) instead.
     """
-    cdef int R = x.shape[0] * x.shape[1], I = x.shape[2]
-    cdef int G = dgates.shape[2], H = h_prev_all.shape[2]
-    cdef int g0 = G * part // nparts, g1 = G * (part + 1) // nparts
-    cdef int r0 = <int>(<long long>R * part // nparts)
-    cdef int r1 = <int>(<long long>R * (part + 1) // nparts)
-    cdef floating beta = 1.0 if accumulate_dx else 0.0
+    cdef Job job = Job()
     if not 0 <= part < nparts:
         raise ValueError("part: expected 0 <= part < nparts")
-    with nogil:
-        if g1 > g0:
-            gemm(True, False, g1 - g0, I, R, <floating>1.0, &dgates[0, 0, g0], G,
-                 &x[0, 0, 0], I, <floating>0.0, &dw_x[g0, 0], I)
-            gemm(True, False, g1 - g0, H, R, <floating>1.0, &dgates[0, 0, g0], G,
-                 &h_prev_all[0, 0, 0], H, <floating>0.0, &dw_h[g0, 0], H)
-        if r1 > r0 and dx.shape[0]:
-            gemm(False, False, r1 - r0, I, G, <floating>1.0, &dgates[0, 0, 0] + <Py_ssize_t>r0 * G, G,
-                 &w_x[0, 0], I, beta, &dx[0, 0, 0] + <Py_ssize_t>r0 * I, I)
+    job.keep = (x, w_x, h_prev_all, dgates, dw_x, dw_h, dx)
+    job.args.kind = _WEIGHTS
+    job.args.dbl = floating is double
+    job.args.R = x.shape[0] * x.shape[1]
+    job.args.I, job.args.G, job.args.H = x.shape[2], dgates.shape[2], h_prev_all.shape[2]
+    job.args.part, job.args.nparts, job.args.flag = part, nparts, accumulate_dx
+    job.args.x = <void*>&x[0, 0, 0]
+    job.args.w_x = <void*>&w_x[0, 0]
+    job.args.h_prev_all = <void*>&h_prev_all[0, 0, 0]
+    job.args.dgates = <void*>&dgates[0, 0, 0]
+    job.args.dw_x = <void*>&dw_x[0, 0]
+    job.args.dw_h = <void*>&dw_h[0, 0]
+    job.args.dx = <void*>&dx[0, 0, 0] if dx.shape[0] else NULL
+    return job._run_or_defer(defer)
+
+
+# --------------------------------------------------------------------------
+# jobs: kernel calls prepared with the GIL and run without it, two at once
+
+cdef void _run_typed(_Args* a, floating* like) noexcept nogil:
+    """Run the call in a, its pointers to floating."""
+    if a.kind == _PROJECT:
+        _project(a.R, a.I, a.H, 0, a.H, <const floating*>a.x, <const floating*>a.w_x,
+                 <floating*>a.gates)
+    elif a.kind == _FORWARD:
+        _forward(a.T, a.N, a.I, a.H, a.u0, a.u1, <const floating*>a.x,
+                 <const floating*>a.w_x, <const floating*>a.w_h,
+                 <const floating*>a.bias, <const floating*>a.peep, a.lengths,
+                 a.reverse, <floating*>a.h_buf, <floating*>a.c, <floating*>a.out,
+                 a.ld, <floating*>a.gates, <floating*>a.c_all,
+                 <floating*>a.h_prev_all, <floating*>a.rec, <floating*>a.owned,
+                 a.barrier, a.nparts, a.n0, a.n1)
+    elif a.kind == _BACKWARD:
+        # (dbias in bias, dout in out, dh0 in h_buf, dc0 in c, drec in rec)
+        _backward(a.T, a.N, a.H, <const floating*>a.w_h, <const floating*>a.peep,
+                  a.lengths, a.reverse, <const floating*>a.c0,
+                  <const floating*>a.gates, <const floating*>a.c_all,
+                  <const floating*>a.out, a.ld, <const floating*>a.dh_n,
+                  <const floating*>a.dc_n, <floating*>a.bias, <floating*>a.dpeep,
+                  <floating*>a.h_buf, <floating*>a.c, <floating*>a.dgates,
+                  <floating*>a.rec, <floating*>a.dh_rec, <floating*>a.owned,
+                  a.n0, a.n1)
+    else:
+        _weights(<int>a.R, <int>a.I, <int>a.G, <int>a.H, a.part, a.nparts,
+                 <const floating*>a.x, <const floating*>a.w_x,
+                 <const floating*>a.h_prev_all, <const floating*>a.dgates,
+                 <floating*>a.dw_x, <floating*>a.dw_h, <floating*>a.dx, a.flag)
+
+
+cdef void _run_job(void* args) noexcept nogil:
+    cdef _Args* a = <_Args*>args
+    if a.dbl:
+        _run_typed(a, <double*>NULL)
+    else:
+        _run_typed(a, <float*>NULL)
+
+
+cdef lstmx_worker* _worker = NULL
+_worker_pid = None
+_worker_lock = threading.Lock()
+
+
+cdef lstmx_worker* _get_worker():
+    """The second thread of run_pair, started at the first call (again in a
+    forked child); NULL where there is none."""
+    global _worker, _worker_pid
+    cdef size_t init = 0
+    if _worker_pid != os.getpid():
+        from ._threads import _set_local    # OpenBLAS's per-thread setting
+        if _set_local is not None:
+            init = <size_t>ctypes.cast(_set_local, ctypes.c_void_p).value
+        _worker = lstmx_worker_new(<int (*)(int) noexcept nogil>init)
+        _worker_pid = os.getpid()
+    return _worker
+
+
+def run_pair(Job a, Job b):
+    """Run a on this thread and b on a second one, at once, and return when
+    both are done: b on lstmx's worker thread (handed over without the
+    GIL), or, where there is none or another call is using it, on a new
+    Python thread."""
+    cdef lstmx_worker* w = NULL
+    cdef _Args* a_args = &a.args
+    cdef _Args* b_args = &b.args
+    if _worker_lock.acquire(False):
+        try:
+            w = _get_worker()
+            if w != NULL:
+                with nogil:
+                    lstmx_worker_post(w, _run_job, b_args)
+                    _run_job(a_args)
+                    lstmx_worker_wait(w)
+                return
+        finally:
+            _worker_lock.release()
+    second = threading.Thread(target=_run_held, args=(b,), name="lstmx-pair", daemon=True)
+    second.start()
+    try:
+        a.run()
+    finally:
+        second.join()
+
+
+def _run_held(Job job):
+    """job.run() with this thread's BLAS held to one thread (_threads)."""
+    from ._threads import blas_held
+    with blas_held():
+        job.run()
 
 
 # --------------------------------------------------------------------------

@@ -1,30 +1,26 @@
-"""Threads: two kernels at once, BLAS held to one thread in each.
+"""Threads: how many lstmx's runs use, and BLAS held to one in each.
 
-The kernels release the GIL, so two of them run at once from two Python
-threads: the two directions of a bidirectional layer, which are
-independent, or the two halves of one recurrence (lstm_forward's parts).
-Each of the two threads then holds scipy's OpenBLAS to one thread of its own, with
-OpenBLAS's thread-local setting (openblas_set_num_threads_local, OpenBLAS >=
-0.3.27): two threads each calling a multithreaded OpenBLAS oversubscribe
-the cores, and OpenBLAS's workers spin for a while after each call, taking
-the core the other direction needs. Measured on the seed-000 network, N=1,
-T=200, 2 cores: 44 ms with OpenBLAS's default 2 threads against 31 ms held
-to one. Where the setting is not available (another BLAS, an older
-OpenBLAS), nothing is changed.
+A run uses two threads where it gains from them (LSTM._split and friends):
+two kernel jobs at once through _lstm.run_pair, the second one on lstmx's
+worker thread (see _cell.c), with the GIL released throughout.
+set_num_threads(1) keeps every run on the calling thread.
+
+Each of the two threads holds scipy's OpenBLAS to one thread of its own,
+with OpenBLAS's thread-local setting (openblas_set_num_threads_local,
+OpenBLAS >= 0.3.27): two threads each calling a multithreaded OpenBLAS
+oversubscribe the cores, and OpenBLAS's workers spin for a while after each
+call, taking the core the other job needs. Measured on the seed-000
+network, N=1, T=200, 2 cores: 44 ms with OpenBLAS's default 2 threads
+against 31 ms held to one. Where the setting is not available (another
+BLAS, an older OpenBLAS), nothing is changed.
 """
 import contextlib
 import ctypes
 import glob
 import os
-import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-
-_pool = None
-_pool_pid = None
-_pool_lock = threading.Lock()
 
 
 def _threads_from_environment():
@@ -85,11 +81,6 @@ def _find_set_local():
 _set_local = _find_set_local()
 
 
-def _single_blas_thread(run, d):
-    with blas_held():
-        return run(d)
-
-
 @contextlib.contextmanager
 def blas_held():
     """Hold this thread's BLAS to one thread while the block runs: lstmx's
@@ -105,26 +96,3 @@ def blas_held():
         yield
     finally:
         _set_local(previous)
-
-
-def in_threads(n, run):
-    """run(i) for i < n (n is 1 or 2): with n == 2, run(1) on a second
-    thread, and both hold BLAS to one thread."""
-    global _pool, _pool_pid
-    if n == 1 or _num_threads == 1:
-        # one after the other: callers give independent tasks when
-        # get_num_threads() is 1
-        for i in range(n):
-            run(i)
-        return
-    with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid():
-            # (a forked child inherits the pool but not its thread: make anew)
-            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lstmx")
-            _pool_pid = os.getpid()
-        pool = _pool
-    reverse = pool.submit(_single_blas_thread, run, 1)
-    try:
-        _single_blas_thread(run, 0)
-    finally:
-        reverse.result()

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _lstm
-from ._threads import blas_held, get_num_threads, in_threads
+from ._threads import blas_held, get_num_threads
 from ._validation import (
     as_float_array,
     as_lengths,
@@ -453,33 +453,38 @@ class LSTM:
             for d in range(D):
                 h_buf[d][0] = h[layer * D + d]
 
-            def run(d, thread, part=0, nparts=1, barrier=None, n0=0, n1=-1, layer=layer,
+            def job(d, thread, part=0, nparts=1, barrier=None, n0=0, n1=-1, layer=layer,
                     inp=inp, out=out, record=record):
                 # direction d on thread `thread`: all of it, its units' part
                 # `part` of `nparts`, or its sequences n0..n1-1
                 k = layer * D + d
                 w_x, w_h, bias, peep = self._kernel_params(k)
                 x_in = inp if n1 == -1 else empty   # projected already
-                _lstm.lstm_forward(x_in, w_x, w_h, bias, peep, lengths, d == 1, h_buf[d], c[k],
-                                   out, d * H, *record[d], rec[thread], part, nparts, barrier,
-                                   n0, n1)
+                return _lstm.lstm_forward(x_in, w_x, w_h, bias, peep, lengths, d == 1, h_buf[d],
+                                          c[k], out, d * H, *record[d], rec[thread], part,
+                                          nparts, barrier, n0, n1, defer=True)
 
             if split == "units":
                 # each direction in turn, its units halved between two
                 # threads that meet at every step (see _split_recurrence)
                 for d in range(D):
                     barrier = np.zeros(2, np.intc)
-                    in_threads(2, lambda part, d=d, barrier=barrier: run(d, part, part, 2, barrier))
+                    _pair(job(d, 0, 0, 2, barrier), job(d, 1, 1, 2, barrier))
             elif split == "batch":
                 # one direction: each thread projects half of the steps,
                 # then runs half of the sequences
-                in_threads(2, lambda i, inp=inp, gates=record[0][0], w_x=self._packed[layer][0]:
-                           _project_half(inp, w_x, gates, i))
-                halves = (0, N // 2, N)
-                in_threads(2, lambda i: run(0, i, n0=halves[i], n1=halves[i + 1]))
-            else:
+                w_x, projected = self._packed[layer][0], record[0][0]
+                if T > 1:
+                    _pair(_lstm.lstm_project(inp[:T // 2], w_x, projected[:T // 2], defer=True),
+                          _lstm.lstm_project(inp[T // 2:], w_x, projected[T // 2:], defer=True))
+                else:
+                    _lstm.lstm_project(inp, w_x, projected)
+                _pair(job(0, 0, n0=0, n1=N // 2), job(0, 1, n0=N // 2, n1=N))
+            elif D == 2:
                 # the directions at once, on two threads (see _threads)
-                in_threads(D, lambda d: run(d, thread=d))
+                _pair(job(0, 0), job(1, 1))
+            else:
+                job(0, 0).run()
             for d in range(D):
                 h[layer * D + d] = h_buf[d][T % 2]
             layers.append((inp, record))
@@ -648,6 +653,7 @@ class LSTM:
                     dinp = [empty] * D
 
                 def recurrence(d, thread=0, n0=0, n1=-1, layer=layer, record=record):
+                    # a job: direction d's BPTT recurrence, or its sequences n0..n1-1
                     k = layer * D + d
                     _, w_h, _, peep = self._kernel_params(k)
                     _, _, dbias, dpeep = self._slots[k].packed(flat)
@@ -657,31 +663,36 @@ class LSTM:
                         dpeep = sums[0][1]
                     gates, c_all, _ = record[d]
                     dgates, drec, dh_rec = work[d]
-                    _lstm.lstm_backward(w_h, peep, cache.lengths, d == 1, cache.c0[k], gates, c_all,
-                                        dtop, d * H, dh_n[k], dc_n[k], dbias, dpeep,
-                                        dh0[k], dc0[k], dgates, drec, dh_rec, n0, n1)
+                    return _lstm.lstm_backward(w_h, peep, cache.lengths, d == 1, cache.c0[k], gates,
+                                               c_all, dtop, d * H, dh_n[k], dc_n[k], dbias, dpeep,
+                                               dh0[k], dc0[k], dgates, drec, dh_rec, n0, n1,
+                                               defer=True)
 
                 def weights(d, part=0, nparts=1, layer=layer, inp=inp, record=record, dinp=dinp):
                     # dW_x, dW_h and dX as GEMMs over all steps, or a part of
                     # their rows
                     k = layer * D + d
                     dw_x, dw_h, _, _ = self._slots[k].packed(flat)
-                    _lstm.lstm_backward_weights(inp, self._kernel_params(k)[0], record[d][2],
-                                                work[d][0], dw_x, dw_h, dinp[d], False,
-                                                part, nparts)
+                    return _lstm.lstm_backward_weights(inp, self._kernel_params(k)[0], record[d][2],
+                                                       work[d][0], dw_x, dw_h, dinp[d], False,
+                                                       part, nparts, defer=True)
 
-                if halves is None:
-                    # each direction whole, two directions on two threads
-                    in_threads(D, lambda d: (recurrence(d), weights(d)))
+                if halves is None and D == 2:
+                    # the two directions on two threads
+                    _pair(recurrence(0), recurrence(1))
+                    _pair(weights(0), weights(1))
+                elif halves is None:
+                    recurrence(0).run()
+                    weights(0).run()
                 else:
                     # one direction: each thread runs half of the sequences,
                     # then half of the rows of each weight gradient
-                    in_threads(2, lambda i: recurrence(0, i, halves[i], halves[i + 1]))
+                    _pair(recurrence(0, 0, halves[0], halves[1]), recurrence(0, 1, halves[1], halves[2]))
                     dbias, dpeep = self._slots[layer].packed(flat)[2:]
                     dbias += sums[1][0]
                     if dpeep is not None:
                         dpeep += sums[1][1]
-                    in_threads(2, lambda i: weights(0, i, 2))
+                    _pair(weights(0, 0, 2), weights(0, 1, 2))
                 dtop = dinp[0]
                 if D == 2 and dtop.size:
                     dtop += dinp[1]
@@ -691,13 +702,15 @@ class LSTM:
         return Gradients(flat, self._named_views(flat), dx, state)
 
 
-def _project_half(x, w_x, gates, half):
-    """The input projection of half of the steps: the first T // 2, or the
-    rest (half = 1)."""
-    T = x.shape[0]
-    t0, t1 = (0, T // 2) if half == 0 else (T // 2, T)
-    if t1 > t0:
-        _lstm.lstm_project(x[t0:t1], w_x, gates[t0:t1])
+def _pair(a, b):
+    """Run two kernel jobs at once (_lstm.run_pair), or, with
+    set_num_threads(1), one after the other (only independent jobs are
+    paired then: no split recurrence)."""
+    if get_num_threads() == 1:
+        a.run()
+        b.run()
+    else:
+        _lstm.run_pair(a, b)
 
 
 def _padding_mask(lengths, T):
