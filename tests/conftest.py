@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
 
     if os.environ.get("LSTMX_REQUIRE_PEERS") != "1":
         return
-    for peer in ("torch",):
+    for peer in ("torch", "onnx", "onnxruntime"):
         try:
             __import__(peer)
         except ImportError as exc:

@@ -325,3 +325,15 @@ def test_from_onnx_refuses_wrong_mask(onnx, tmp_path):
 def test_from_onnx_type_error(onnx):
     with pytest.raises(TypeError, match="path: expected a file path or an onnx.ModelProto"):
         lstmx.io.from_onnx(42)
+
+
+def test_from_onnx_input_without_declared_shape(onnx, tmp_path):
+    """An input whose shape is not declared is read (its size then comes
+    from W), rather than failing on the missing dimensions."""
+    net = lstmx.LSTM(3, 4, output_size=2, seed=0)
+    path = tmp_path / "m.onnx"
+    lstmx.io.to_onnx(net, path)
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.ClearField("shape")
+    onnx.save(model, str(path))
+    np.testing.assert_array_equal(lstmx.io.from_onnx(path).flat, net.flat)

@@ -207,3 +207,16 @@ def test_num_threads_from_the_environment():
                              text=True, check=True)
         assert out.stdout.strip() == expected
         assert ("not a positive integer" in out.stderr) == (value == "zero")
+
+
+@pytest.mark.parametrize("part, nparts", [(0, 0), (1, 1), (-1, 2), (2, 2)])
+def test_lstm_forward_refuses_a_part_outside_its_parts(part, nparts):
+    """Checked before any index is computed from them (nparts 0 would
+    divide by zero, part 1 of 1 would run units past H)."""
+    T, N, I, H = 3, 1, 2, 4
+    z = np.zeros
+    args = (z((T, N, I)), z((4 * H, I)), z((4 * H, H)), z(4 * H), z(3 * H),
+            np.full(N, T, np.intc), False, z((2, N, H)), z((N, H)), z((T, N, H)), 0,
+            z((T, N, 4 * H)), z((0, 0, 0)), z((0, 0, 0)), z((N, 4 * H)))
+    with pytest.raises(ValueError, match="part"):
+        lstmx._lstm.lstm_forward(*args, part, nparts, np.zeros(2, np.intc))

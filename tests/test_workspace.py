@@ -186,6 +186,12 @@ def test_networks_copy_and_pickle_with_a_fresh_pool(rng):
     for twin in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
         assert twin._pool is not net._pool and not twin._pool.free
         np.testing.assert_array_equal(twin.predict(x), y)
+        # the twin's parameters are its own flat: changing it changes the twin only
+        assert not np.shares_memory(twin.flat, net.flat)
+        assert all(np.shares_memory(v, twin.flat) for v in twin.params.values())
+        twin.flat[...] = 0
+        assert not twin.predict(x).any()
+        np.testing.assert_array_equal(net.predict(x), y)
     _, cache = net.forward(x)
     R = rng.standard_normal(y.shape)
     twin_cache = copy.deepcopy(cache)

@@ -424,19 +424,22 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     With defer, returns the call as a Job (see run_pair) instead.
     """
     cdef Py_ssize_t T = gates.shape[0], N = gates.shape[1], H = w_h.shape[1]
-    cdef Py_ssize_t I = w_x.shape[1]
-    cdef Py_ssize_t u0 = H * part // nparts, u1 = H * (part + 1) // nparts
+    cdef Py_ssize_t I = w_x.shape[1], u0, u1
     cdef const floating* x_p = &x[0, 0, 0] if x.shape[0] else NULL
     cdef floating* c_all_p = &c_all[0, 0, 0] if c_all.shape[0] else NULL
     cdef floating* h_prev_p = &h_prev_all[0, 0, 0] if h_prev_all.shape[0] else NULL
-    cdef int* barrier_p = &barrier[0] if nparts > 1 else NULL
-    if n1 < 0:
-        n1 = N
+    cdef int* barrier_p = NULL
+    if not 0 <= part < nparts:
+        raise ValueError(f"part, nparts: expected 0 <= part < nparts, got {part}, {nparts}")
     if nparts > 1 and not LSTMX_HAVE_BARRIER:
         raise ValueError("nparts > 1 needs the barrier of _cell.c, not built here")
-    if nparts > 1 and (barrier is None or barrier.shape[0] < 2 or not 0 <= part < nparts):
-        raise ValueError(f"barrier, part: expected 2 zeroed ints shared by the parts "
-                         f"and 0 <= part < {nparts}")
+    if nparts > 1 and (barrier is None or barrier.shape[0] < 2):
+        raise ValueError("barrier: expected 2 zeroed ints shared by the parts")
+    if nparts > 1:
+        barrier_p = &barrier[0]
+    u0, u1 = H * part // nparts, H * (part + 1) // nparts
+    if n1 < 0:
+        n1 = N
     if not (0 <= n0 < n1 <= N) or ((n0 or n1 != N) and (nparts > 1 or x_p != NULL)):
         raise ValueError("n0, n1: a range of sequences, with nparts == 1 and x empty")
     cdef Job job = Job()

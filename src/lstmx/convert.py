@@ -315,8 +315,6 @@ def write(net, path, format=None):
 def _astype(net, dtype):
     if net.dtype == dtype:
         return net
-    copy = LSTM(net.input_size, net.hidden_size, num_layers=net.num_layers,
-                bidirectional=net.bidirectional, peephole=net.peephole,
-                output_size=net.output_size, dtype=dtype, seed=0, batch_first=net.batch_first)
+    copy = LSTM(**{**net._config(), "dtype": dtype}, seed=0)
     copy.flat[...] = net.flat   # same configuration, same layout
     return copy

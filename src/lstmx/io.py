@@ -445,7 +445,7 @@ class _OnnxReader:
         self.graph = model.graph
         self.values = {}         # tensor name -> abstract value
         self.producer = {}       # tensor name -> node
-        self.data_inputs = []    # names of graph inputs carrying data / lengths
+        self.input_dims = [None] * 3   # the input's declared (T, N, I) or (N, T, I)
         self.lengths_name = None
         self.layers = []         # (W, R, B, P, uses_lengths) per LSTM, ONNX layout
         self.time_axis = None    # 'x0' or 'x1'
@@ -501,7 +501,7 @@ class _OnnxReader:
                 if ttype.HasField("shape") and len(dims) != 3:
                     raise ValueError(f"from_onnx: input {inp.name!r} has rank {len(dims)}, "
                                      f"expected 3 ((T, N, I) or (N, T, I))")
-                self.input_dims = dims
+                self.input_dims = dims if len(dims) == 3 else [None] * 3   # no shape declared
                 self.values[inp.name] = _Data(("x0", "x1", "F"), ("x0", "x1", "I"), ("input",))
             else:
                 raise ValueError(f"from_onnx: graph input {inp.name!r} has an unsupported element type "
@@ -696,7 +696,7 @@ class _OnnxReader:
             if I != D * H:
                 _refuse(node, f"W has input size {I}; expected {D * H} (the previous layer's output)")
         else:
-            declared = getattr(self, "input_dims", [None] * 3)[2]
+            declared = self.input_dims[2]
             if declared is not None and declared != I:
                 _refuse(node, f"W has input size {I}, but the graph input has {declared} features")
         self.layers.append((W, R, B, P, seq_lens is not None))

@@ -295,6 +295,19 @@ class LSTM:
         self._no_peep.flags.writeable = False
         self.reset_parameters(seed)
 
+    def _config(self):
+        """The constructor's arguments (but seed) that make this network."""
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                    num_layers=self.num_layers, bidirectional=self.bidirectional,
+                    peephole=self.peephole, output_size=self.output_size, dtype=self.dtype,
+                    batch_first=self.batch_first)
+
+    def __reduce__(self):
+        # pickle and copy.deepcopy: rebuilt from its configuration and a copy
+        # of flat, so that params and the kernels' views are views into the
+        # new flat (copied attribute by attribute, they would not be)
+        return (_rebuild, (self._config(), self.flat.copy()))
+
     # ------------------------------------------------------------------
     # parameters
 
@@ -347,29 +360,31 @@ class LSTM:
     # ------------------------------------------------------------------
     # running
 
-    def _split(self, N):
+    def _split(self, N, threads=None):
         """How a forward run on N sequences uses two threads besides running
         two directions at once: "units" (see _split_recurrence), "batch"
         (one direction of SPLIT_MIN_BATCH or more sequences: each thread
         runs half of them, which are independent, so that the threads never
         wait for each other), or None."""
-        if get_num_threads() == 1:
+        threads = get_num_threads() if threads is None else threads
+        if threads == 1:
             return None
-        if self._split_recurrence(N):
+        if self._split_recurrence(N, threads):
             return "units"
         if self.num_directions == 1 and N >= SPLIT_MIN_BATCH:
             return "batch"
         return None
 
-    def _split_backward(self, N):
+    def _split_backward(self, N, threads=None):
         """Whether backward halves the sequences of one direction between
         two threads (each runs its half's BPTT recurrence, then half of the
         rows of each weight gradient)."""
         H = self.hidden_size
-        return (get_num_threads() == 2 and self.num_directions == 1 and N >= 2
+        threads = get_num_threads() if threads is None else threads
+        return (threads == 2 and self.num_directions == 1 and N >= 2
                 and 8 * N * H * H >= BACKWARD_SPLIT_MIN_FLOPS)
 
-    def _split_recurrence(self, N):
+    def _split_recurrence(self, N, threads=None):
         """Whether each recurrence is shared by two threads, each holding
         half of the units and so half of W_h, one direction after the other.
 
@@ -385,7 +400,8 @@ class LSTM:
         Two directions run on a thread each instead.
         """
         H = self.hidden_size
-        if not _lstm.can_split() or get_num_threads() == 1:
+        threads = get_num_threads() if threads is None else threads
+        if not _lstm.can_split() or threads == 1:
             return False
         w_h_bytes = 4 * H * H * self.dtype.itemsize
         if N == 1:
@@ -418,7 +434,10 @@ class LSTM:
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
         dt = self.dtype
         empty = np.empty((0, 0, 0), dt)
-        split = self._split(N)
+        # read once: a split run must pair its jobs even if another thread
+        # calls set_num_threads meanwhile
+        threads = get_num_threads()
+        split = self._split(N, threads)
         pool = self._pool
         temps, kept = [], []
 
@@ -469,20 +488,21 @@ class LSTM:
                 # threads that meet at every step (see _split_recurrence)
                 for d in range(D):
                     barrier = np.zeros(2, np.intc)
-                    _pair(job(d, 0, 0, 2, barrier), job(d, 1, 1, 2, barrier))
+                    _pair(job(d, 0, 0, 2, barrier), job(d, 1, 1, 2, barrier), threads)
             elif split == "batch":
                 # one direction: each thread projects half of the steps,
                 # then runs half of the sequences
                 w_x, projected = self._packed[layer][0], record[0][0]
                 if T > 1:
                     _pair(_lstm.lstm_project(inp[:T // 2], w_x, projected[:T // 2], defer=True),
-                          _lstm.lstm_project(inp[T // 2:], w_x, projected[T // 2:], defer=True))
+                          _lstm.lstm_project(inp[T // 2:], w_x, projected[T // 2:], defer=True),
+                          threads)
                 else:
                     _lstm.lstm_project(inp, w_x, projected)
-                _pair(job(0, 0, n0=0, n1=N // 2), job(0, 1, n0=N // 2, n1=N))
+                _pair(job(0, 0, n0=0, n1=N // 2), job(0, 1, n0=N // 2, n1=N), threads)
             elif D == 2:
                 # the directions at once, on two threads (see _threads)
-                _pair(job(0, 0), job(1, 1))
+                _pair(job(0, 0), job(1, 1), threads)
             else:
                 job(0, 0).run()
             for d in range(D):
@@ -637,10 +657,11 @@ class LSTM:
             dh0 = np.empty_like(dh_n)
             dc0 = np.empty_like(dc_n)
             work = [(take((T, N, 4 * H)), take((N, 4 * H)), take((N, H))) for _ in range(D)]
-            # per thread: dbias and dpeep of its sequences, when a direction's
-            # batch is halved; dpeep is discarded for a net without peepholes
+            # dbias and dpeep of a halved batch's second half (sums[1]), and
+            # the discarded dpeep of a net without peepholes, one per job
             sums = [(take((4 * H,)), take((3 * H,))) for _ in range(2)]
-            halves = (0, N // 2, N) if self._split_backward(N) else None
+            threads = get_num_threads()
+            halves = (0, N // 2, N) if self._split_backward(N, threads) else None
             for layer in range(self.num_layers - 1, -1, -1):
                 inp, record = cache.layers[layer]
                 # with two directions, each has its own dL/d(input); the
@@ -652,15 +673,16 @@ class LSTM:
                 else:
                     dinp = [empty] * D
 
-                def recurrence(d, thread=0, n0=0, n1=-1, layer=layer, record=record):
+                def recurrence(d, n0=0, n1=-1, layer=layer, record=record):
                     # a job: direction d's BPTT recurrence, or its sequences n0..n1-1
                     k = layer * D + d
                     _, w_h, _, peep = self._kernel_params(k)
                     _, _, dbias, dpeep = self._slots[k].packed(flat)
-                    if thread == 1:
+                    if n0 > 0:
+                        # a halved batch's second half: its own sums, added after
                         dbias, dpeep = sums[1]
                     elif dpeep is None:
-                        dpeep = sums[0][1]
+                        dpeep = sums[d][1]   # discarded; one per job running at once
                     gates, c_all, _ = record[d]
                     dgates, drec, dh_rec = work[d]
                     return _lstm.lstm_backward(w_h, peep, cache.lengths, d == 1, cache.c0[k], gates,
@@ -679,20 +701,21 @@ class LSTM:
 
                 if halves is None and D == 2:
                     # the two directions on two threads
-                    _pair(recurrence(0), recurrence(1))
-                    _pair(weights(0), weights(1))
+                    _pair(recurrence(0), recurrence(1), threads)
+                    _pair(weights(0), weights(1), threads)
                 elif halves is None:
                     recurrence(0).run()
                     weights(0).run()
                 else:
                     # one direction: each thread runs half of the sequences,
                     # then half of the rows of each weight gradient
-                    _pair(recurrence(0, 0, halves[0], halves[1]), recurrence(0, 1, halves[1], halves[2]))
+                    _pair(recurrence(0, halves[0], halves[1]),
+                          recurrence(0, halves[1], halves[2]), threads)
                     dbias, dpeep = self._slots[layer].packed(flat)[2:]
                     dbias += sums[1][0]
                     if dpeep is not None:
                         dpeep += sums[1][1]
-                    _pair(weights(0, 0, 2), weights(0, 1, 2))
+                    _pair(weights(0, 0, 2), weights(0, 1, 2), threads)
                 dtop = dinp[0]
                 if D == 2 and dtop.size:
                     dtop += dinp[1]
@@ -702,11 +725,17 @@ class LSTM:
         return Gradients(flat, self._named_views(flat), dx, state)
 
 
-def _pair(a, b):
-    """Run two kernel jobs at once (_lstm.run_pair), or, with
-    set_num_threads(1), one after the other (only independent jobs are
-    paired then: no split recurrence)."""
-    if get_num_threads() == 1:
+def _rebuild(config, flat):
+    net = LSTM(**config, seed=0)
+    net.flat[...] = flat
+    return net
+
+
+def _pair(a, b, threads):
+    """Run two kernel jobs at once (_lstm.run_pair), or, on one thread
+    (``threads``, read when the run chose how to split), one after the other:
+    only independent jobs are paired then, no split recurrence."""
+    if threads == 1:
         a.run()
         b.run()
     else:

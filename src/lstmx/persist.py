@@ -80,18 +80,8 @@ def save(net, path):
     path = _as_path(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"path: {path!r} is a directory; expected a file name")
-    meta = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "input_size": net.input_size,
-        "hidden_size": net.hidden_size,
-        "num_layers": net.num_layers,
-        "bidirectional": net.bidirectional,
-        "peephole": net.peephole,
-        "output_size": net.output_size,
-        "dtype": net.dtype.name,
-        "batch_first": net.batch_first,
-    }
+    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
+            **net._config(), "dtype": net.dtype.name}
     arrays = dict(net.params.items())
     arrays[META_KEY] = np.array(json.dumps(meta, sort_keys=True))
     # Every array is float: nothing is pickled. (savez's own allow_pickle=
