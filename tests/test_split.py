@@ -220,3 +220,10 @@ def test_lstm_forward_refuses_a_part_outside_its_parts(part, nparts):
             z((T, N, 4 * H)), z((0, 0, 0)), z((0, 0, 0)), z((N, 4 * H)))
     with pytest.raises(ValueError, match="part"):
         lstmx._lstm.lstm_forward(*args, part, nparts, np.zeros(2, np.intc))
+
+
+def test_an_unprepared_job_is_refused():
+    with pytest.raises(ValueError, match="defer=True"):
+        lstmx._lstm.Job().run()
+    with pytest.raises(ValueError, match="defer=True"):
+        lstmx._lstm.run_pair(lstmx._lstm.Job(), lstmx._lstm.Job())

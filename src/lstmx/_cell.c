@@ -391,6 +391,7 @@ LSTMX_DOTS(double, f64, 4)
  * C[n][m] is summed over k = 0, 1, ..., K-1 in order, in one tile or
  * another: the same bits whichever rows and columns a thread computes. */
 #define LSTMX_MR 6
+_Static_assert(LSTMX_MR == 6, "gemm_packed's switch over the last rows assumes 6");
 
 #if defined(__GNUC__) && !defined(LSTMX_PLAIN_C)
 

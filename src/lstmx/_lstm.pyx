@@ -248,23 +248,26 @@ cdef struct _Args:
 cdef class Job:
     """One kernel call, checked and ready: run() runs it (the GIL
     released); run_pair(a, b) runs two at once."""
-    cdef _Args args
+    cdef _Args args       # args.owned: a packed W_h, freed with the job
     cdef object keep      # the arrays that args point into
-    cdef void* owned      # a packed W_h, freed with the job
 
     def __dealloc__(self):
-        free(self.owned)
+        free(self.args.owned)
 
     cdef object _run_or_defer(self, bint defer):
-        self.args.owned = self.owned
         if defer:
             return self
         self.run()
         return None
 
     def run(self):
+        self._check()
         with nogil:
             _run_job(&self.args)
+
+    def _check(self):
+        if self.keep is None:
+            raise ValueError("job: not a prepared call (make one with defer=True)")
 
 
 cdef void _project(Py_ssize_t R, Py_ssize_t I, Py_ssize_t H, Py_ssize_t u0,
@@ -376,8 +379,10 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
                                  rec + g * H + u0, G)
         for n in range(n0, n1):
             if s >= lengths[n]:
-                # finished: the state is carried over unchanged
-                memcpy(nxt + n * H + u0, cur + n * H + u0, nu * sizeof(floating))
+                # finished: the final state is carried into the other half
+                # of h_buf once; from then on both halves hold it
+                if s == lengths[n]:
+                    memcpy(nxt + n * H + u0, cur + n * H + u0, nu * sizeof(floating))
                 continue
             t = _time(s, lengths[n], reverse)
             row = t * N + n
@@ -446,7 +451,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     job.keep = (x, w_x, w_h, bias, peep, lengths, h_buf, c, out, gates, c_all,
                 h_prev_all, rec, barrier)
     if (n1 - n0 if nparts == 1 else N) > SMALL_N:
-        job.owned = _alloc(4 * _packed_size(u1 - u0, H, &w_h[0, 0]), &w_h[0, 0])
+        job.args.owned = _alloc(4 * _packed_size(u1 - u0, H, &w_h[0, 0]), &w_h[0, 0])
     job.args.kind = _FORWARD
     job.args.dbl = floating is double
     job.args.T, job.args.N, job.args.I, job.args.H = T, N, I, H
@@ -504,7 +509,7 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
     its own dbias and dpeep) need no barrier.
     """
     cdef Py_ssize_t G = 4 * H, Nb = n1 - n0
-    cdef Py_ssize_t s, n, t, t_prev, row, j, L
+    cdef Py_ssize_t s, n, t, row, j, L
     cdef const floating* c_prev
     cdef const floating* dh_next
     # dc0 carries dL/dc
@@ -515,19 +520,21 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
     for n in range(n0, n1):
         for t in range(lengths[n], T):
             memset(dgates + (t * N + n) * G, 0, G * sizeof(floating))
+        if lengths[n] < T:
+            # zero in the product until the sequence's last step; from then
+            # on the cell writes it
+            memset(drec + n * G, 0, G * sizeof(floating))
     for s in range(T - 1, -1, -1):
         for n in range(n0, n1):
             L = lengths[n]
             if s >= L:
-                memset(drec + n * G, 0, G * sizeof(floating))
                 continue
             t = _time(s, L, reverse)
             row = t * N + n
             if s == 0:
                 c_prev = c0 + n * H
             else:
-                t_prev = t + 1 if reverse else t - 1
-                c_prev = c_all + (t_prev * N + n) * H
+                c_prev = c_all + (_time(s - 1, L, reverse) * N + n) * H
             # dL/dh_t through the recurrence: from step s+1, or the final state
             dh_next = dh_rec + n * H if s + 1 < L else dh_n + n * H
             _cell_backward(H, gates + row * G, c_all + row * H, c_prev, peep,
@@ -581,7 +588,7 @@ def lstm_backward(const floating[:, ::1] w_h, const floating[::1] peep,
     job.keep = (w_h, peep, lengths, c0, gates, c_all, dout, dh_n, dc_n, dbias, dpeep,
                 dh0, dc0, dgates, drec, dh_rec)
     if n1 - n0 > SMALL_N:
-        job.owned = _alloc(_packed_size(H, 4 * H, &w_h[0, 0]), &w_h[0, 0])
+        job.args.owned = _alloc(_packed_size(H, 4 * H, &w_h[0, 0]), &w_h[0, 0])
     job.args.kind = _BACKWARD
     job.args.dbl = floating is double
     job.args.T, job.args.N, job.args.H, job.args.n0, job.args.n1 = T, N, H, n0, n1
@@ -734,6 +741,8 @@ def run_pair(Job a, Job b):
     cdef lstmx_worker* w = NULL
     cdef _Args* a_args = &a.args
     cdef _Args* b_args = &b.args
+    a._check()
+    b._check()
     if _worker_lock.acquire(False):
         try:
             w = _get_worker()

@@ -166,8 +166,9 @@ def mse(y, targets, lengths=None, batch_first=False, check_finite=True):
     tgt = _time_major(tgt, unbatched, batch_first)
     valid, count = _valid_steps(lengths, T, N)
 
-    pred = out[valid]                                      # (S, F), copies
-    goal = as_float_array(tgt[valid], "targets", out.dtype, False)
+    every = count == T * N
+    pred = out if every else out[valid]                    # (S, F), copies
+    goal = as_float_array(tgt if every else tgt[valid], "targets", out.dtype, False)
     if check_finite:
         if not np.isfinite(pred).all():
             raise ValueError("y: contains NaN or inf at a valid step (pass check_finite=False to skip this check)")
@@ -178,6 +179,9 @@ def mse(y, targets, lengths=None, batch_first=False, check_finite=True):
     elements = count * F
     loss = float(np.sum(np.square(diff, dtype=np.float64))) / elements
     diff *= diff.dtype.type(2.0 / elements)
-    dy = np.zeros((T, N, F), dtype=out.dtype)
-    dy[valid] = diff
+    if every:
+        dy = diff                                          # a new array, (T, N, F)
+    else:
+        dy = np.zeros((T, N, F), dtype=out.dtype)
+        dy[valid] = diff
     return loss, _to_caller(dy, unbatched, batch_first)

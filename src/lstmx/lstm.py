@@ -107,7 +107,16 @@ class NamedArrays(Mapping):
 
     def __init__(self, flat, views):
         self.flat = flat
-        self._views = views
+        # a dict, or a function that makes it when first needed (backward's
+        # gradients: building some 40 views took 40-200 us a call, and a
+        # training loop reads only .flat)
+        self._views_or_maker = views
+
+    @property
+    def _views(self):
+        if callable(self._views_or_maker):
+            self._views_or_maker = self._views_or_maker()
+        return self._views_or_maker
 
     def __getitem__(self, name):
         try:
@@ -722,7 +731,7 @@ class LSTM:
         pool.give(temps)
         dx = self._to_user(dtop, cache.unbatched) if input_grad else None
         state = self._state_to_user(dh0, dc0, cache.unbatched)
-        return Gradients(flat, self._named_views(flat), dx, state)
+        return Gradients(flat, lambda: self._named_views(flat), dx, state)
 
 
 def _rebuild(config, flat):
