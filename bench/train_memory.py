@@ -4,8 +4,9 @@ against torch, each measured in a fresh process.
     python bench/train_memory.py [workload ...]      (default: seed_train)
 
 What is reported is the growth of the process's peak resident set size
-(ru_maxrss) over the step, after the network, the data and the optimizer
-exist and one step has run to warm up: the memory the step itself needs.
+(ru_maxrss) over the first step, after the network, the data and the
+optimizer exist: the memory a step itself needs (Linux reports ru_maxrss
+in KiB, as read here).
 """
 import json
 import subprocess

@@ -169,7 +169,7 @@ def test_batch_first(arch, dtype, rng):
 @pytest.mark.parametrize("sizes", [(5, 7, 1), (5, 7, 4), (2, 33, 5), (9, 16, 2)],
                          ids=["I5-H7-N1", "I5-H7-N4", "I2-H33-N5", "I9-H16-N2"])
 def test_odd_sizes_longer_sequences(sizes, dtype, rng):
-    """Hidden sizes off any vector width, N=1 (GEMV) and N>1 (GEMM), T=25."""
+    """Hidden sizes off any vector width, N=1 (matmat) and N>1 (the packed GEMM), T=25."""
     I_, H, N_ = sizes
     arch = Arch(input_size=I_, hidden_size=H, num_layers=2, bidirectional=True, output_size=3)
     net = arch.make(dtype=dtype, seed=10)

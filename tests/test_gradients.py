@@ -267,9 +267,10 @@ def test_float32_gradients_close_to_float64(arch, rng):
 @pytest.mark.parametrize("hidden", [4, 13, 20], ids=lambda h: f"H{h}")
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_single_sequence_gradients(hidden, bidirectional, rng):
-    """N = 1 runs its own matrix-vector kernels (not BLAS) for the recurrent
-    step, forward and backward; hidden sizes that are not a multiple of the
-    vector width exercise their remainder loops."""
+    """N = 1 runs _cell.c's matmat (SMALL_N) for the recurrent step, forward
+    and backward; hidden sizes that are not a multiple of the vector width
+    exercise their remainder loops, and H=20 in float64 also takes the
+    units split (more than SPLIT_MIN_BYTES of W_h)."""
     arch = Arch(I, hidden, num_layers=2, bidirectional=bidirectional, peephole=True, output_size=O)
     p = Problem(arch, rng, lengths=None, N_=1, T_=4)
     grads = p.grads()
@@ -282,8 +283,12 @@ def test_single_sequence_gradients(hidden, bidirectional, rng):
                                rtol=RTOL, atol=ATOL)
 
 
-@pytest.fixture(params=["packed", "batch", "units"])
-def kernel_path(request, monkeypatch):
+# the splits apply to one direction; two directions run on a thread each
+@pytest.mark.parametrize("arch, kernel_path", [
+    (arch, path) for arch in (Arch(I, H, 2, False, True, O), Arch(I, H, 2, False, False))
+    for path in ("packed", "batch", "units")] + [(Arch(I, H, 1, True, True, O), "packed")],
+    ids=lambda v: v if isinstance(v, str) else v.id)
+def test_gradients_on_every_kernel_path(arch, kernel_path, rng, monkeypatch):
     """The batched kernels' other paths, which the small problems here do
     not take by themselves: the packed GEMM for the recurrent products
     (beyond _lstm.SMALL_N sequences), and with it one direction split
@@ -291,29 +296,25 @@ def kernel_path(request, monkeypatch):
     the sequences in both)."""
     import lstmx
     import lstmx.lstm as lstm_module
-    old = lstmx._lstm._set_small_n(0)
-    if request.param != "packed":
+    if kernel_path != "packed":
         monkeypatch.setattr(lstm_module, "SPLIT_MIN_BATCH", 1)
         monkeypatch.setattr(lstm_module, "BACKWARD_SPLIT_MIN_FLOPS", 0)
-    if request.param == "units":
+    if kernel_path == "units":
         monkeypatch.setattr(lstm_module, "SPLIT_BATCH_MAX_BYTES", 0)
-    yield request.param
-    lstmx._lstm._set_small_n(old)
-
-
-@pytest.mark.parametrize("arch", [Arch(I, H, 2, False, True, O), Arch(I, H, 2, False, False),
-                                  Arch(I, H, 1, True, True, O)], ids=lambda a: a.id)
-def test_gradients_on_every_kernel_path(arch, kernel_path, rng):
-    import lstmx
-    p = Problem(arch, rng)
-    if kernel_path != "packed" and arch.num_directions == 1:
-        assert p.net._split_backward(N)
-        units = kernel_path == "units" and lstmx._lstm.can_split()
-        assert p.net._split(N) == ("units" if units else "batch")
-    grads = p.grads()
-    for name, view in p.net.params.items():
-        np.testing.assert_allclose(grads[name], central_difference(p.loss, view),
-                                   rtol=RTOL, atol=ATOL, err_msg=name)
-    np.testing.assert_allclose(grads.x, central_difference(p.loss, p.x), rtol=RTOL, atol=ATOL)
-    for analytic, s in zip(grads.state, p.state):
-        np.testing.assert_allclose(analytic, central_difference(p.loss, s), rtol=RTOL, atol=ATOL)
+    old = lstmx._lstm._set_small_n(0)
+    try:
+        p = Problem(arch, rng)
+        if kernel_path != "packed":
+            assert p.net._split_backward(N)
+            units = kernel_path == "units" and lstmx._lstm.can_split()
+            assert p.net._split(N) == ("units" if units else "batch")
+        grads = p.grads()
+        for name, view in p.net.params.items():
+            np.testing.assert_allclose(grads[name], central_difference(p.loss, view),
+                                       rtol=RTOL, atol=ATOL, err_msg=name)
+        np.testing.assert_allclose(grads.x, central_difference(p.loss, p.x), rtol=RTOL, atol=ATOL)
+        for analytic, s in zip(grads.state, p.state):
+            np.testing.assert_allclose(analytic, central_difference(p.loss, s), rtol=RTOL,
+                                       atol=ATOL)
+    finally:
+        lstmx._lstm._set_small_n(old)

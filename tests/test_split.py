@@ -65,7 +65,7 @@ def test_split_against_reference(rng, split_always):
     np.testing.assert_allclose(c, c_ref, atol=1e-10, rtol=0)
 
 
-def test_split_only_for_single_sequences_with_large_weights():
+def test_when_a_recurrence_splits_by_units():
     small = lstmx.LSTM(4, 8, dtype=np.float32)       # W_h 1 KB
     large = lstmx.LSTM(4, 320, dtype=np.float32)     # W_h 1.6 MB
     assert not small._split_recurrence(1)
@@ -167,11 +167,12 @@ def one_thread():
     lstmx.set_num_threads(old)
 
 
-@pytest.mark.parametrize("N, bidirectional, hidden, split", [
-    (1, False, 64, "units"), (1, True, 64, "units"), (9, False, 64, "batch"),
-    (6, True, 12, None), (20, False, 64, "batch")],
+@pytest.mark.parametrize("N, bidirectional, hidden, split, split_backward", [
+    (1, False, 64, "units", False), (1, True, 64, "units", False),
+    (9, False, 32, "batch", False), (6, True, 12, None, False), (20, False, 64, "batch", True)],
     ids=["units", "units-bi", "halves", "directions", "halves-backward"])
-def test_one_thread_gives_what_two_give(N, bidirectional, hidden, split, rng, one_thread):
+def test_one_thread_gives_what_two_give(N, bidirectional, hidden, split, split_backward, rng,
+                                        one_thread):
     """set_num_threads(1): every run on one thread, none split, the same
     results as on two."""
     net = Arch(5, hidden, num_layers=2, bidirectional=bidirectional, peephole=True,
@@ -185,7 +186,7 @@ def test_one_thread_gives_what_two_give(N, bidirectional, hidden, split, rng, on
     lstmx.set_num_threads(2)
     if lstmx._lstm.can_split() or split != "units":
         assert net._split(N) == split
-    assert net._split_backward(N) == (not bidirectional and N > 1)
+    assert net._split_backward(N) == split_backward
     two = _run(net, x, lengths, state)
     for a, b in zip(one, two):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)

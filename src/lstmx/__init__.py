@@ -1,6 +1,6 @@
 """lstmx: fast, exact peephole LSTMs for CPUs.
 
-Typed Cython kernels over scipy's BLAS under a NumPy API: stacked and
+C and Cython kernels (scipy's BLAS for the big GEMMs) under a NumPy API: stacked and
 bidirectional peephole LSTMs with a fully connected head, forward and exact
 backpropagation through time, in float32 and float64.
 

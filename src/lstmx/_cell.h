@@ -1,4 +1,6 @@
-/* Elementwise LSTM cell kernels: one step of one sequence, H units.
+/* lstmx's C kernels: the LSTM cell (one step of one sequence, H units),
+ * the recurrent products (matmat; the packed GEMM), softmax cross-entropy,
+ * the barrier of a split recurrence and the worker thread of run_pair.
  * Definitions and the equations they implement are in _cell.c. */
 #ifndef LSTMX_CELL_H
 #define LSTMX_CELL_H

@@ -13,7 +13,8 @@ t = lengths[n] - 1, ..., 0. At step s, sequence n is active when
 s < lengths[n]; inactive sequences keep their state and get no output.
 
 The Python layer validates every shape before calling: bounds checks are off.
-Nothing is allocated here; the caller passes workspaces.
+The caller passes the workspaces; only a packed W_h is allocated here, once
+per call (a Job's, freed with it).
 """
 import ctypes
 import os
@@ -292,7 +293,8 @@ def lstm_project(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     """Input projection of all T*N rows in one GEMM: gates = X W_x^T.
 
     x (T, N, I); w_x (4H, I); gates (T, N, 4H) out. The bias is added by the
-    cell. Run before the recurrence, from one thread: BLAS may use several.
+    cell. Run before the recurrence; BLAS may use several threads (the
+    caller holds it to one where two projections run at once).
     With defer, returns the call as a Job (see run_pair) instead.
     """
     cdef Job job = Job()
@@ -333,7 +335,7 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     for this part's rows of W_h packed (4 _packed_size(u1 - u0, H)), or
     NULL when the recurrent products are matmat's (at most SMALL_N
     sequences).
-    barrier: two ints shared by the parts, waited at at the end of every
+    barrier: two ints shared by the parts, waited at the end of every
     step.
 
     Only the sequences n0 <= n < n1 are run: sequences are independent, so
@@ -647,7 +649,8 @@ def lstm_backward_weights(const floating[:, :, ::1] x,
     x (T, N, I); w_x (4H, I); h_prev_all (T, N, H); dgates (T, N, 4H);
     dw_x (4H, I), dw_h (4H, H) overwritten; dx (T, N, I) overwritten, or
     added to when accumulate_dx, or empty (0, 0, 0): dX is not computed.
-    Run from one thread: BLAS may use several.
+    BLAS may use several threads (the caller holds it to one where two
+    parts run at once).
 
     With nparts > 1, part p computes the p-th slice of the rows of dW_x,
     dW_h and dX: the parts can run at once on threads of their own, each

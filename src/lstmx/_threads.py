@@ -10,8 +10,9 @@ with OpenBLAS's thread-local setting (openblas_set_num_threads_local,
 OpenBLAS >= 0.3.27): two threads each calling a multithreaded OpenBLAS
 oversubscribe the cores, and OpenBLAS's workers spin for a while after each
 call, taking the core the other job needs. Measured on the seed-000
-network, N=1, T=200, 2 cores: 44 ms with OpenBLAS's default 2 threads
-against 31 ms held to one. Where the setting is not available (another
+network, N=1, T=200, 2 cores, when each step's product still called BLAS:
+44 ms with OpenBLAS's default 2 threads against 31 ms held to one; today
+the projections and weight gradients are what call BLAS. Where the setting is not available (another
 BLAS, an older OpenBLAS), nothing is changed.
 """
 import contextlib

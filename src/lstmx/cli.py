@@ -298,7 +298,8 @@ def _predict(args):
     model's dtype. Nothing is unpickled from DATA; MODEL is read by
     lstmx.load, which executes nothing from a file either.
     """
-    from .persist import load
+    from ._validation import _shape_text
+    from .persist import load, write_atomically
 
     net = load(args.model, batch_first=args.batch_first)
     x, lengths = _read_data(args.data)
@@ -306,10 +307,9 @@ def _predict(args):
         y = net.predict(x, lengths=lengths)
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"{args.data}: {exc}") from None
-    with open(args.out, "wb") as f:   # np.save(path) would append .npy
-        np.save(f, y, allow_pickle=False)
-    shape = "(" + ", ".join(str(n) for n in y.shape) + ")"
-    print(f"{args.out}: y {shape} {y.dtype.name}")
+    # to a file object: np.save(path) would append .npy
+    write_atomically(args.out, lambda f: np.save(f, y, allow_pickle=False))
+    print(f"{args.out}: y {_shape_text(y.shape)} {y.dtype.name}")
 
 
 # ----------------------------------------------------------------------

@@ -401,7 +401,7 @@ class LSTM:
         of W_h (4H x H) for 2 flops a weight: it runs at the speed the core
         reads W_h, so two cores reading a half each take about half the
         time; at H=320 in float32 W_h is also 1.6 MB, more than a core's L2
-        (1 MB here), and a half fits (SPLIT_MIN_BYTES).
+        (1 MB here), and a half fits. Split from SPLIT_MIN_BYTES of W_h.
 
         One direction of many sequences runs a GEMM per step, which is
         split this way when W_h is too large for each thread to read all of
