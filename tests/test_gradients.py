@@ -264,13 +264,19 @@ def test_float32_gradients_close_to_float64(arch, rng):
     np.testing.assert_allclose(g32.state[1], g64.state[1], rtol=1e-4, atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("kernel", ["gemv", "matmat"])
 @pytest.mark.parametrize("hidden", [4, 13, 20], ids=lambda h: f"H{h}")
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_single_sequence_gradients(hidden, bidirectional, rng):
-    """N = 1 runs _cell.c's matmat (SMALL_N) for the recurrent step, forward
-    and backward; hidden sizes that are not a multiple of the vector width
-    exercise their remainder loops, and H=20 in float64 also takes the
-    units split (more than SPLIT_MIN_BYTES of W_h)."""
+def test_single_sequence_gradients(hidden, bidirectional, kernel, rng, monkeypatch):
+    """N = 1: the recurrent step forward is the packed GEMM's one-row kernel
+    (gemv_packed), or _cell.c's matmat for a W_h above
+    _lstm.ONE_PACKED_MAX_BYTES; backward is matmat_t (SMALL_N). Hidden
+    sizes that are not a multiple of the vector width exercise their
+    remainder loops, and H=20 in float64 also takes the units split (more
+    than SPLIT_MIN_BYTES of W_h)."""
+    import lstmx
+    if kernel == "matmat":
+        monkeypatch.setattr(lstmx._lstm, "ONE_PACKED_MAX_BYTES", 0)
     arch = Arch(I, hidden, num_layers=2, bidirectional=bidirectional, peephole=True, output_size=O)
     p = Problem(arch, rng, lengths=None, N_=1, T_=4)
     grads = p.grads()

@@ -1,8 +1,8 @@
 """A single sequence's recurrence shared by two threads (lstm.SPLIT_MIN_BYTES)
 gives what one thread gives, and agrees with the reference.
 
-Each thread holds half of the units. The recurrent matmat sums every row in
-the same order however the rows are split; the input projection is then
+Each thread holds half of the units. The recurrent product sums every row
+in the same order however the rows are split; the input projection is then
 several narrower GEMMs, which BLAS may sum in another order (seen: 1 ulp),
 so the comparison allows a few ulps.
 """
@@ -120,7 +120,7 @@ def test_packed_gemm_against_numpy(dtype, rng):
     column panels (16 float32 or 8 float64 columns), both packings."""
     tol = 2e-5 if dtype == np.float32 else 1e-13
     for N in (1, 2, 5, 6, 7, 11, 13):
-        for M in (1, 7, 8, 9, 16, 17, 40):
+        for M in (1, 7, 8, 9, 16, 17, 40, 100, 200):
             for K in (1, 3, 33):
                 a = rng.standard_normal((N, K)).astype(dtype)
                 w = rng.standard_normal((M, K)).astype(dtype)
@@ -132,6 +132,25 @@ def test_packed_gemm_against_numpy(dtype, rng):
                 lstmx._lstm._gemm_packed_test(a, np.ascontiguousarray(w.T), False, c_cols)
                 # the same sums in the same order, whichever way B was packed
                 np.testing.assert_array_equal(c_cols, c)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_a_lone_row_sums_as_a_tile_does(dtype, rng):
+    """A lone last row (N = 1, 7, ...) runs the one-row kernel across many
+    panels, other rows 6-row tiles over one panel at a time: the same sums
+    in the same order, so the same bits for the same row."""
+    K, M = 37, 150
+    a = rng.standard_normal((7, K)).astype(dtype)
+    w = rng.standard_normal((M, K)).astype(dtype)
+    tiles = np.empty((6, M), dtype)
+    lstmx._lstm._gemm_packed_test(np.ascontiguousarray(a[[6, 0, 1, 2, 3, 4]]), w, True, tiles)
+    lone = np.empty((7, M), dtype)
+    lstmx._lstm._gemm_packed_test(a, w, True, lone)
+    np.testing.assert_array_equal(lone[6], tiles[0])
+    np.testing.assert_array_equal(lone[:5], tiles[1:])
+    one = np.empty((1, M), dtype)
+    lstmx._lstm._gemm_packed_test(np.ascontiguousarray(a[6:]), w, True, one)
+    np.testing.assert_array_equal(one[0], tiles[0])
 
 
 @needs_split

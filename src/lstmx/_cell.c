@@ -430,6 +430,36 @@ static inline LSTMX_INLINE void tile_##SFX(ptrdiff_t K, const int mr,         \
             memcpy(C + r * ldc, row, nc * sizeof(T));                         \
         }                                                                     \
     }                                                                         \
+}                                                                             \
+                                                                              \
+/* One row across np <= LSTMX_MR panels at once: Cq[q][c] = sum_k A[k]      \
+ * P_q[k][c] for c < nc[q], panel q at P + q NR K. A lone row in tile keeps  \
+ * 2 accumulators, each FMA waiting on the one before (a third of the FMA     \
+ * rate); np panels keep 2 np in flight, as tile's 6 rows do. */             \
+static inline LSTMX_INLINE void row_##SFX(ptrdiff_t K, const int np,          \
+                                          const T *restrict A,                \
+                                          const T *restrict P,                \
+                                          T *const *Cq, const ptrdiff_t *nc)  \
+{                                                                             \
+    const ptrdiff_t NR = 2 * LANES;                                           \
+    vec_##SFX lo[LSTMX_MR], hi[LSTMX_MR];                                     \
+    for (int q = 0; q < LSTMX_MR; q++) {                                      \
+        lo[q] = (vec_##SFX){0};                                               \
+        hi[q] = (vec_##SFX){0};                                               \
+    }                                                                         \
+    for (ptrdiff_t k = 0; k < K; k++) {                                       \
+        T a = A[k];                                                           \
+        for (int q = 0; q < np; q++) {                                        \
+            lo[q] += load_##SFX(P + q * NR * K + k * NR) * a;                 \
+            hi[q] += load_##SFX(P + q * NR * K + k * NR + LANES) * a;         \
+        }                                                                     \
+    }                                                                         \
+    for (int q = 0; q < np; q++) {                                            \
+        T row[2 * LANES];                                                     \
+        memcpy(row, &lo[q], sizeof lo[q]);                                    \
+        memcpy(row + LANES, &hi[q], sizeof hi[q]);                            \
+        memcpy(Cq[q], row, nc[q] * sizeof(T));                                \
+    }                                                                         \
 }
 
 #else  /* no vector extensions: the same sums, one column at a time */
@@ -446,6 +476,13 @@ static inline void tile_##SFX(ptrdiff_t K, const int mr, const T *A,          \
                 s += A[r * lda + k] * P[k * 2 * LANES + j];                   \
             C[r * ldc + j] = s;                                               \
         }                                                                     \
+}
+                                                                              \
+static inline void row_##SFX(ptrdiff_t K, const int np, const T *A,           \
+                             const T *P, T *const *Cq, const ptrdiff_t *nc)   \
+{                                                                             \
+    for (int q = 0; q < np; q++)                                              \
+        tile_##SFX(K, 1, A, 0, P + q * 2 * LANES * K, Cq[q], 0, nc[q]);       \
 }
 
 #endif
@@ -470,6 +507,38 @@ void lstmx_pack_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, ptrdiff_t sm,    \
                 P[k * NR + c] = j0 + c < M ? W[(j0 + c) * sm + k * sk] : 0;   \
 }
 
+/* One sequence: y[b gs + m] (m < M) = sum_k x[k] B_b[k][m] for the B blocks
+ * packed one after another in P (packed_size(M, K) each; several blocks
+ * are a thread's units of each gate). Panels are taken LSTMX_MR at a time
+ * across the blocks' boundaries, for row_'s many accumulators. */
+#define LSTMX_GEMV_PACKED(T, SFX, LANES, V, ATTR)                             \
+static ATTR void gemv_packed_##SFX##V(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,  \
+                                      const T *restrict x,                    \
+                                      const T *restrict P, T *restrict y,     \
+                                      ptrdiff_t gs)                           \
+{                                                                             \
+    const ptrdiff_t NR = 2 * LANES, ppb = (M + NR - 1) / NR;                  \
+    for (ptrdiff_t q0 = 0; q0 < B * ppb; q0 += LSTMX_MR) {                    \
+        T *Cq[LSTMX_MR];                                                      \
+        ptrdiff_t nc[LSTMX_MR];                                               \
+        int np = 0;                                                           \
+        for (; np < LSTMX_MR && q0 + np < B * ppb; np++) {                    \
+            ptrdiff_t b = (q0 + np) / ppb, j0 = (q0 + np) % ppb * NR;         \
+            Cq[np] = y + b * gs + j0;                                         \
+            nc[np] = M - j0 < NR ? M - j0 : NR;                               \
+        }                                                                     \
+        const T *Pq = P + q0 * NR * K;                                        \
+        switch (np) {  /* each count its own unrolled loop */                 \
+        case 6: row_##SFX(K, 6, x, Pq, Cq, nc); break;                        \
+        case 5: row_##SFX(K, 5, x, Pq, Cq, nc); break;                        \
+        case 4: row_##SFX(K, 4, x, Pq, Cq, nc); break;                        \
+        case 3: row_##SFX(K, 3, x, Pq, Cq, nc); break;                        \
+        case 2: row_##SFX(K, 2, x, Pq, Cq, nc); break;                        \
+        default: row_##SFX(K, 1, x, Pq, Cq, nc); break;                       \
+        }                                                                     \
+    }                                                                         \
+}
+
 /* C (N, M), rows ldc apart, = A (N, K), rows lda apart, times the B packed
  * in P. Column panels outside, row tiles inside: a panel (NR K values,
  * 20 KB at K = 320 in float32) stays in L1 while every row tile reads it. */
@@ -480,13 +549,16 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
                                       ptrdiff_t ldc)                          \
 {                                                                             \
     const ptrdiff_t NR = 2 * LANES;                                           \
-    for (ptrdiff_t j0 = 0; j0 < M; j0 += NR, P += NR * K) {                   \
+    const T *P0 = P;                                                          \
+    /* a lone last row (N = 1, 7, 13, ...) is row_'s, after the tiles */      \
+    ptrdiff_t Nt = N % LSTMX_MR == 1 ? N - 1 : N;                             \
+    for (ptrdiff_t j0 = 0; j0 < M && Nt; j0 += NR, P += NR * K) {             \
         ptrdiff_t nc = M - j0 < NR ? M - j0 : NR;                             \
         ptrdiff_t n = 0;                                                      \
-        for (; n + LSTMX_MR <= N; n += LSTMX_MR)                              \
+        for (; n + LSTMX_MR <= Nt; n += LSTMX_MR)                             \
             tile_##SFX(K, LSTMX_MR, A + n * lda, lda, P, C + n * ldc + j0,    \
                        ldc, nc);                                              \
-        switch (N - n) {  /* the last rows, each count its own tile */        \
+        switch (Nt - n) {  /* the last rows, each count its own tile */       \
         case 5: tile_##SFX(K, 5, A + n * lda, lda, P, C + n * ldc + j0,       \
                            ldc, nc); break;                                   \
         case 4: tile_##SFX(K, 4, A + n * lda, lda, P, C + n * ldc + j0,       \
@@ -495,11 +567,11 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
                            ldc, nc); break;                                   \
         case 2: tile_##SFX(K, 2, A + n * lda, lda, P, C + n * ldc + j0,       \
                            ldc, nc); break;                                   \
-        case 1: tile_##SFX(K, 1, A + n * lda, lda, P, C + n * ldc + j0,       \
-                           ldc, nc); break;                                   \
         default: break;                                                       \
         }                                                                     \
     }                                                                         \
+    if (Nt < N)                                                               \
+        gemv_packed_##SFX##V(1, M, K, A + Nt * lda, P0, C + Nt * ldc, 0);     \
 }
 
 LSTMX_GEMM_TILE(float, f32, 8)
@@ -570,6 +642,8 @@ static ATTR void activations_f32##V(ptrdiff_t n, const float *restrict z,    \
     LSTMX_CELL_BACKWARD(double, f64, V, ATTR)                                 \
     LSTMX_MATMAT(float, f32, V, ATTR)                                         \
     LSTMX_MATMAT(double, f64, V, ATTR)                                        \
+    LSTMX_GEMV_PACKED(float, f32, 8, V, ATTR)                                 \
+    LSTMX_GEMV_PACKED(double, f64, 4, V, ATTR)                                \
     LSTMX_GEMM_PACKED(float, f32, 8, V, ATTR)                                 \
     LSTMX_GEMM_PACKED(double, f64, 4, V, ATTR)                                \
     LSTMX_SOFTMAX_XENT(float, f32, V, ATTR)                                   \
@@ -718,6 +792,12 @@ void lstmx_gemm_packed_##SFX(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,           \
                              ptrdiff_t ldc)                                   \
 {                                                                             \
     LSTMX_PICK(gemm_packed_##SFX)(N, M, K, A, lda, P, C, ldc);                \
+}                                                                             \
+                                                                              \
+void lstmx_gemv_packed_##SFX(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,           \
+                             const T *x, const T *P, T *y, ptrdiff_t gs)      \
+{                                                                             \
+    LSTMX_PICK(gemv_packed_##SFX)(B, M, K, x, P, y, gs);                      \
 }                                                                             \
                                                                               \
 double lstmx_softmax_xent_##SFX(ptrdiff_t R, ptrdiff_t C, const T *z,         \

@@ -42,7 +42,10 @@ LSTMX_DECLARE_MATMAT(double, f64)
                           ptrdiff_t sm, ptrdiff_t sk, T *P);                  \
     void lstmx_gemm_packed_##SFX(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,       \
                                  const T *A, ptrdiff_t lda, const T *P,       \
-                                 T *C, ptrdiff_t ldc);
+                                 T *C, ptrdiff_t ldc);                       \
+    /* one sequence, B blocks of M columns: y[b gs + m] = (x B_b)[m] */       \
+    void lstmx_gemv_packed_##SFX(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,       \
+                                 const T *x, const T *P, T *y, ptrdiff_t gs);
 
 LSTMX_DECLARE_GEMM(float, f32)
 LSTMX_DECLARE_GEMM(double, f64)

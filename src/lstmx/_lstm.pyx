@@ -78,6 +78,12 @@ cdef extern from "_cell.h" nogil:
     void lstmx_gemm_packed_f64(Py_ssize_t N, Py_ssize_t M, Py_ssize_t K,
                                const double* A, Py_ssize_t lda,
                                const double* P, double* C, Py_ssize_t ldc)
+    void lstmx_gemv_packed_f32(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
+                               const float* x, const float* P, float* y,
+                               Py_ssize_t gs)
+    void lstmx_gemv_packed_f64(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
+                               const double* x, const double* P, double* y,
+                               Py_ssize_t gs)
 
 
 cdef inline void _cell_forward(Py_ssize_t n, Py_ssize_t H, floating* a,
@@ -126,9 +132,19 @@ cdef inline Py_ssize_t _time(Py_ssize_t s, Py_ssize_t length, bint reverse) noex
 # thread: predict H=64 T=200 N=2 0.89/0.75, N=4 1.34/1.26, N=8 3.21/2.33;
 # H=320 T=50 N=2 3.24/3.22, N=4 5.26/4.00, N=8 10.2/6.7; backward H=64
 # T=200 N=1 1.21/1.14, N=4 3.03/2.65, N=8 5.62/4.80; H=320 T=50 N=4
-# 10.7/9.4. One sequence stays on matmat: seed_infer 22.7-25.5 ms against
-# 24.8-29.4 with the packed GEMM.
+# 10.7/9.4.
 cdef Py_ssize_t SMALL_N = 1
+
+# One sequence's forward step takes the packed GEMM's one-row kernel
+# (gemv_packed) too when the rows of W_h a thread reads take at most this
+# many bytes: matmat's dot products end in a horizontal sum per row, which
+# the one-row kernel does not have. Measured, float32, best of ms in the
+# same process (matmat / packed): small_infer (H=64) 1.76/1.43 on one
+# thread, 1.31-1.68/1.27-1.36 on two; N=1 H=128 T=400 1.97/1.84 (one
+# thread), 1.56/1.37 (two). With W_h much larger than L2 the products wait
+# on L3, not on the sums, and packing W_h at every call costs more than it
+# gains: seed_infer (H=320, 1.6 MB a direction) 22.0-24.5/23.5-26.2.
+ONE_PACKED_MAX_BYTES = 512 * 1024
 
 
 cdef inline void _matmat(Py_ssize_t M, Py_ssize_t K, const floating* W,
@@ -179,6 +195,17 @@ cdef inline void _gemm_packed(Py_ssize_t N, Py_ssize_t M, Py_ssize_t K,
         lstmx_gemm_packed_f32(N, M, K, A, lda, P, C, ldc)
     else:
         lstmx_gemm_packed_f64(N, M, K, A, lda, P, C, ldc)
+
+
+cdef inline void _gemv_packed(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
+                              const floating* x, const floating* P,
+                              floating* y, Py_ssize_t gs) noexcept nogil:
+    """One sequence: y[b gs + m] = (x B_b)[m] for B blocks of M columns
+    packed one after another in P (_cell.c)."""
+    if floating is float:
+        lstmx_gemv_packed_f32(B, M, K, x, P, y, gs)
+    else:
+        lstmx_gemv_packed_f64(B, M, K, x, P, y, gs)
 
 
 cdef floating* _alloc(Py_ssize_t n, const floating* like) except NULL:
@@ -334,7 +361,7 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     backward, or NULL for inference. rec (N, 4H) workspace. w_pack: room
     for this part's rows of W_h packed (4 _packed_size(u1 - u0, H)), or
     NULL when the recurrent products are matmat's (at most SMALL_N
-    sequences).
+    sequences; for one, only with a W_h above ONE_PACKED_MAX_BYTES).
     barrier: two ints shared by the parts, waited at the end of every
     step.
 
@@ -371,6 +398,8 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
             _matmat(G, H, w_h, Nb, cur + n0 * H, H, rec + n0 * G, G)
         elif whole:
             _gemm_packed(Nb, G, H, cur + n0 * H, H, w_pack, rec + n0 * G, G)
+        elif w_pack != NULL and N == 1:
+            _gemv_packed(4, nu, H, cur, w_pack, rec + u0, H)
         else:
             for g in range(4):
                 if w_pack == NULL:
@@ -452,7 +481,9 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     cdef Job job = Job()
     job.keep = (x, w_x, w_h, bias, peep, lengths, h_buf, c, out, gates, c_all,
                 h_prev_all, rec, barrier)
-    if (n1 - n0 if nparts == 1 else N) > SMALL_N:
+    nseq = n1 - n0 if nparts == 1 else N
+    if nseq > SMALL_N or (nseq == SMALL_N == 1 and 4 * (u1 - u0) * H * sizeof(floating)
+                          <= ONE_PACKED_MAX_BYTES):
         job.args.owned = _alloc(4 * _packed_size(u1 - u0, H, &w_h[0, 0]), &w_h[0, 0])
     job.args.kind = _FORWARD
     job.args.dbl = floating is double
@@ -803,19 +834,28 @@ def linear_backward(const floating[:, ::1] h, const floating[:, ::1] w,
 
 
 def _matvec_seconds(const floating[:, ::1] w, const floating[::1] x,
-                    floating[::1] y, int repeats):
+                    floating[::1] y, int repeats, bint packed=False):
     """Benchmark hook (bench/floors.py): seconds taken by ``repeats``
-    products y = w x with the kernel of a single sequence's step (_cell.c's
-    matmat), the GIL released. w (M, K), x (K,), y (M,)."""
+    products y = w x with a single sequence's step kernel, the GIL
+    released: _cell.c's matmat, or with packed its packed GEMM (w packed
+    once, before the clock starts). w (M, K), x (K,), y (M,)."""
     if x.shape[0] != w.shape[1] or y.shape[0] != w.shape[0] or repeats < 1:
         raise ValueError("w (M, K), x (K,), y (M,) and repeats >= 1 expected")
     cdef Py_ssize_t M = w.shape[0], K = w.shape[1]
     cdef int r
-    start = time.perf_counter()
-    with nogil:
-        for r in range(repeats):
-            _matmat(M, K, &w[0, 0], 1, &x[0], K, &y[0], M)
-    return time.perf_counter() - start
+    cdef floating* P = _alloc(_packed_size(M, K, &w[0, 0]), &w[0, 0])
+    try:
+        _pack(M, K, &w[0, 0], K, 1, P)
+        start = time.perf_counter()
+        with nogil:
+            for r in range(repeats):
+                if packed:
+                    _gemm_packed(1, M, K, &x[0], K, P, &y[0], M)
+                else:
+                    _matmat(M, K, &w[0, 0], 1, &x[0], K, &y[0], M)
+        return time.perf_counter() - start
+    finally:
+        free(P)
 
 
 def _set_small_n(Py_ssize_t n):
