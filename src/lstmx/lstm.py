@@ -15,8 +15,10 @@ this layout against 28 us stored transposed, at H=512 69 against 78 us (two
 threads: 37 against 45 us) -- neither layout won throughout, and the
 recurrent products are now _cell.c's own, written for this layout.
 """
+import bisect
 import copy
 import math
+import operator
 import threading
 import weakref
 from collections.abc import Mapping
@@ -95,7 +97,7 @@ class _Slot:
 
 
 def _view(buffer, offset, shape):
-    return buffer[offset:offset + int(np.prod(shape))].reshape(shape)
+    return buffer[offset:offset + math.prod(shape)].reshape(shape)
 
 
 class NamedArrays(Mapping):
@@ -208,8 +210,10 @@ class _Pool:
     def take(self, shape):
         n = math.prod(shape)
         with self.lock:
-            fits = [i for i, b in enumerate(self.free) if n <= b.size <= self.FIT * max(n, 1024)]
-            buf = self.free.pop(min(fits, key=lambda i: self.free[i].size)) if fits else None
+            # free is sorted by size: the first at least n is the best fit
+            i = bisect.bisect_left(self.free, n, key=_size)
+            fits = i < len(self.free) and self.free[i].size <= self.FIT * max(n, 1024)
+            buf = self.free.pop(i) if fits else None
         if buf is None:
             buf = np.empty(max(n, 1), self.dtype)
         return buf[:n].reshape(shape)
@@ -220,10 +224,12 @@ class _Pool:
             for a in arrays:
                 buf = a.base if a.base is not None else a
                 if not any(b is buf for b in self.free):
-                    self.free.append(buf)
+                    bisect.insort(self.free, buf, key=_size)
             if len(self.free) > self.MAX_FREE:
-                self.free.sort(key=lambda b: b.size)
-                del self.free[:len(self.free) - self.MAX_FREE]
+                del self.free[:len(self.free) - self.MAX_FREE]    # the smallest
+
+
+_size = operator.attrgetter("size")
 
 
 class LSTM:
