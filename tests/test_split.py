@@ -247,3 +247,51 @@ def test_an_unprepared_job_is_refused():
         lstmx._lstm.Job().run()
     with pytest.raises(ValueError, match="defer=True"):
         lstmx._lstm.run_pair(lstmx._lstm.Job(), lstmx._lstm.Job())
+
+
+@pytest.mark.parametrize("nparts", [2, 3])
+def test_head_in_parts_against_numpy(nparts, rng):
+    """The head's products (linear_forward, linear_backward) computed in
+    parts, as two threads run them, give what NumPy gives."""
+    R, K, O = 23, 9, 5
+    h = rng.standard_normal((R, K))
+    w = rng.standard_normal((O, K))
+    b = rng.standard_normal(O)
+    dy = rng.standard_normal((R, O))
+    y = np.full((R, O), np.nan)
+    dh, dw, db = np.full((R, K), np.nan), np.full((O, K), np.nan), np.full(O, np.nan)
+    for part in range(nparts):
+        lstmx._lstm.linear_forward(h, w, b, y, part, nparts)
+        lstmx._lstm.linear_backward(h, w, dy, dh, dw, db, part, nparts)
+    np.testing.assert_allclose(y, h @ w.T + b, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(dh, dy @ w, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(dw, dy.T @ h, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(db, dy.sum(axis=0), rtol=1e-13, atol=1e-13)
+
+
+def test_head_refuses_mismatched_shapes():
+    h, w, b = np.zeros((4, 3)), np.zeros((2, 3)), np.zeros(2)
+    with pytest.raises(ValueError, match="y"):
+        lstmx._lstm.linear_forward(h, w, b, np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="part"):
+        lstmx._lstm.linear_forward(h, w, b, np.zeros((4, 2)), 2, 2)
+    with pytest.raises(ValueError, match="db"):
+        lstmx._lstm.linear_backward(h, w, np.zeros((4, 2)), np.zeros((4, 3)), np.zeros((2, 3)),
+                                    np.zeros(3))
+
+
+@pytest.mark.parametrize("N", [1, 6])
+def test_head_halved_gives_what_one_thread_gives(N, rng, monkeypatch):
+    """A head large enough (lstm.HEAD_SPLIT_MIN_MACS, lowered here) runs its
+    products in halves on two threads: the same outputs and gradients."""
+    net = Arch(5, 12, num_layers=1, bidirectional=True, peephole=True, output_size=7).make(
+        dtype=np.float64, seed=9)
+    x = random_x(rng, 11, N, 5)
+    monkeypatch.setattr(lstm_module, "HEAD_SPLIT_MIN_MACS", 0)
+    assert net._split_head(11 * N)
+    halves = _run(net, x, None, None)
+    monkeypatch.setattr(lstm_module, "HEAD_SPLIT_MIN_MACS", 1 << 62)
+    assert not net._split_head(11 * N)
+    whole = _run(net, x, None, None)
+    for a, b in zip(halves, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)

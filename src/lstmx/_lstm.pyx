@@ -237,7 +237,7 @@ def _gemm_packed_test(const floating[:, ::1] a, const floating[:, ::1] w, bint t
 # at once.
 
 cdef enum:
-    _PROJECT, _FORWARD, _BACKWARD, _WEIGHTS
+    _PROJECT, _FORWARD, _BACKWARD, _WEIGHTS, _LINEAR, _LINEAR_BACK
 
 cdef struct _Args:
     # the arguments of one kernel call; pointers to float or double (dbl)
@@ -733,11 +733,20 @@ cdef void _run_typed(_Args* a, floating* like) noexcept nogil:
                   <floating*>a.h_buf, <floating*>a.c, <floating*>a.dgates,
                   <floating*>a.rec, <floating*>a.dh_rec, <floating*>a.owned,
                   a.n0, a.n1)
-    else:
+    elif a.kind == _WEIGHTS:
         _weights(<int>a.R, <int>a.I, <int>a.G, <int>a.H, a.part, a.nparts,
                  <const floating*>a.x, <const floating*>a.w_x,
                  <const floating*>a.h_prev_all, <const floating*>a.dgates,
                  <floating*>a.dw_x, <floating*>a.dw_h, <floating*>a.dx, a.flag)
+    elif a.kind == _LINEAR:
+        # (h in x, w in w_x, b in bias, y in out; K in I, O in G)
+        _linear(a.R, a.I, a.G, a.part, a.nparts, <const floating*>a.x,
+                <const floating*>a.w_x, <const floating*>a.bias, <floating*>a.out)
+    else:
+        # (h in x, w in w_x, dy in gates, dh in dx, dw in dw_x, db in bias)
+        _linear_back(a.R, a.I, a.G, a.part, a.nparts, <const floating*>a.x,
+                     <const floating*>a.w_x, <const floating*>a.gates,
+                     <floating*>a.dx, <floating*>a.dw_x, <floating*>a.bias)
 
 
 cdef void _run_job(void* args) noexcept nogil:
@@ -806,31 +815,100 @@ def _run_held(Job job):
 # --------------------------------------------------------------------------
 # fully connected head: y = h W_fc^T + b_fc (seed 001's output layer)
 
+cdef void _linear(Py_ssize_t R, Py_ssize_t K, Py_ssize_t O, int part,
+                  int nparts, const floating* h, const floating* w,
+                  const floating* b, floating* y) noexcept nogil:
+    """Part ``part`` of ``nparts`` of the rows of y (R, O) = h (R, K) w^T + b."""
+    cdef Py_ssize_t r0 = R * part // nparts, r1 = R * (part + 1) // nparts, r
+    if r1 == r0:
+        return
+    for r in range(r0, r1):
+        memcpy(y + r * O, b, O * sizeof(floating))
+    gemm(False, True, <int>(r1 - r0), <int>O, <int>K, <floating>1.0, h + r0 * K,
+         <int>K, w, <int>K, <floating>1.0, y + r0 * O, <int>O)
+
+
+cdef void _linear_back(Py_ssize_t R, Py_ssize_t K, Py_ssize_t O, int part,
+                       int nparts, const floating* h, const floating* w,
+                       const floating* dy, floating* dh, floating* dw,
+                       floating* db) noexcept nogil:
+    """Part ``part`` of ``nparts``: its slice of the rows of dh (R, K) =
+    dy (R, O) w, and of the rows of dw (O, K) = dy^T h and of db (O,) =
+    the column sums of dy."""
+    cdef Py_ssize_t r0 = R * part // nparts, r1 = R * (part + 1) // nparts
+    cdef Py_ssize_t o0 = O * part // nparts, o1 = O * (part + 1) // nparts, r, j
+    cdef const floating* row
+    if r1 > r0:
+        gemm(False, False, <int>(r1 - r0), <int>K, <int>O, <floating>1.0, dy + r0 * O,
+             <int>O, w, <int>K, <floating>0.0, dh + r0 * K, <int>K)
+    if o1 == o0:
+        return
+    gemm(True, False, <int>(o1 - o0), <int>K, <int>R, <floating>1.0, dy + o0, <int>O,
+         h, <int>K, <floating>0.0, dw + o0 * K, <int>K)
+    memset(db + o0, 0, (o1 - o0) * sizeof(floating))
+    for r in range(R):
+        row = dy + r * O
+        for j in range(o0, o1):
+            db[j] += row[j]
+
+
+cdef Job _head_job(int kind, bint dbl, Py_ssize_t R, Py_ssize_t K, Py_ssize_t O,
+                   int part, int nparts, tuple keep):
+    """A head job's common fields (its arrays' pointers are the caller's)."""
+    if not 0 <= part < nparts:
+        raise ValueError(f"part, nparts: expected 0 <= part < nparts, got {part}, {nparts}")
+    cdef Job job = Job()
+    job.keep = keep
+    job.args.kind, job.args.dbl = kind, dbl
+    job.args.R, job.args.I, job.args.G = R, K, O
+    job.args.part, job.args.nparts = part, nparts
+    return job
+
+
 def linear_forward(const floating[:, ::1] h, const floating[:, ::1] w,
-                   const floating[::1] b, floating[:, ::1] y):
-    """y (R, O) = h (R, K) w^T + b, with w (O, K) and b (O,)."""
-    cdef Py_ssize_t R = h.shape[0], K = h.shape[1], O = w.shape[0], r, j
-    with nogil:
-        for r in range(R):
-            memcpy(&y[r, 0], &b[0], O * sizeof(floating))
-        gemm(False, True, <int>R, <int>O, <int>K, <floating>1.0, &h[0, 0],
-             <int>K, &w[0, 0], <int>K, <floating>1.0, &y[0, 0], <int>O)
+                   const floating[::1] b, floating[:, ::1] y, int part=0,
+                   int nparts=1, bint defer=False):
+    """y (R, O) = h (R, K) w^T + b, with w (O, K) and b (O,).
+
+    With nparts > 1, part p computes the p-th slice of the rows of y: the
+    parts can run at once (run_pair). With defer, returns the call as a
+    Job instead."""
+    if (w.shape[1] != h.shape[1] or b.shape[0] != w.shape[0]
+            or y.shape[0] != h.shape[0] or y.shape[1] != w.shape[0]):
+        raise ValueError("h (R, K), w (O, K), b (O,) and y (R, O) expected")
+    cdef Job job = _head_job(_LINEAR, floating is double, h.shape[0], h.shape[1],
+                             w.shape[0], part, nparts, (h, w, b, y))
+    job.args.x = <void*>&h[0, 0]
+    job.args.w_x = <void*>&w[0, 0]
+    job.args.bias = <void*>&b[0]
+    job.args.out = <void*>&y[0, 0]
+    return job._run_or_defer(defer)
 
 
 def linear_backward(const floating[:, ::1] h, const floating[:, ::1] w,
                     const floating[:, ::1] dy, floating[:, ::1] dh,
-                    floating[:, ::1] dw, floating[::1] db):
-    """dh = dy w; dw = dy^T h; db = column sums of dy (all overwritten)."""
-    cdef Py_ssize_t R = h.shape[0], K = h.shape[1], O = w.shape[0], r, j
-    with nogil:
-        gemm(False, False, <int>R, <int>K, <int>O, <floating>1.0, &dy[0, 0],
-             <int>O, &w[0, 0], <int>K, <floating>0.0, &dh[0, 0], <int>K)
-        gemm(True, False, <int>O, <int>K, <int>R, <floating>1.0, &dy[0, 0],
-             <int>O, &h[0, 0], <int>K, <floating>0.0, &dw[0, 0], <int>K)
-        memset(&db[0], 0, O * sizeof(floating))
-        for r in range(R):
-            for j in range(O):
-                db[j] += dy[r, j]
+                    floating[:, ::1] dw, floating[::1] db, int part=0,
+                    int nparts=1, bint defer=False):
+    """dh = dy w; dw = dy^T h; db = column sums of dy (all overwritten).
+
+    h (R, K), w (O, K), dy (R, O), dh (R, K), dw (O, K), db (O,). With
+    nparts > 1, part p computes the p-th slice of the rows of dh, of the
+    rows of dw and of db: the parts can run at once (run_pair). With defer,
+    returns the call as a Job instead."""
+    if (w.shape[1] != h.shape[1] or dy.shape[0] != h.shape[0] or dy.shape[1] != w.shape[0]
+            or dh.shape[0] != h.shape[0] or dh.shape[1] != h.shape[1]
+            or dw.shape[0] != w.shape[0] or dw.shape[1] != w.shape[1]
+            or db.shape[0] != w.shape[0]):
+        raise ValueError("h (R, K), w (O, K), dy (R, O), dh (R, K), dw (O, K) and db (O,) expected")
+    cdef Job job = _head_job(_LINEAR_BACK, floating is double, h.shape[0], h.shape[1],
+                             w.shape[0], part, nparts, (h, w, dy, dh, dw, db))
+    job.args.x = <void*>&h[0, 0]
+    job.args.w_x = <void*>&w[0, 0]
+    job.args.gates = <void*>&dy[0, 0]
+    job.args.dx = <void*>&dh[0, 0]
+    job.args.dw_x = <void*>&dw[0, 0]
+    job.args.bias = <void*>&db[0]
+    return job._run_or_defer(defer)
 
 
 def _matvec_seconds(const floating[:, ::1] w, const floating[::1] x,

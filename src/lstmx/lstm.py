@@ -68,6 +68,9 @@ SPLIT_BATCH_MAX_BYTES = 8 * 1024 * 1024
 # halves): H=64 N=2 1.02/1.28, N=4 1.75/1.76, N=8 4.02/3.30, N=32 16.9/10.4;
 # H=16 N=8 0.72/1.06; H=512 N=64 T=50 362/210.
 BACKWARD_SPLIT_MIN_FLOPS = 256 * 1024
+# The head's products are halved between two threads from this many
+# multiply-adds a product (R T*N rows times D*H times O).
+HEAD_SPLIT_MIN_MACS = 1 << 20
 
 
 class _Slot:
@@ -423,6 +426,14 @@ class LSTM:
             return w_h_bytes > SPLIT_MIN_BYTES
         return self.num_directions == 1 and N >= SPLIT_MIN_BATCH and w_h_bytes > SPLIT_BATCH_MAX_BYTES
 
+    def _split_head(self, R, threads=None):
+        """Whether the head's products over R rows (forward: y = h W^T + b;
+        backward: dh, dW, db) are halved between two threads (see
+        HEAD_SPLIT_MIN_MACS)."""
+        if (threads or get_num_threads()) < 2:
+            return False
+        return R >= 2 and R * self.num_directions * self.hidden_size * self.output_size >= HEAD_SPLIT_MIN_MACS
+
     def _kernel_params(self, k):
         """(w_x, w_h, bias, peep) of slot k as the kernels take them."""
         w_x, w_h, bias, peep = self._packed[k]
@@ -531,7 +542,12 @@ class LSTM:
             w_fc = _view(self.flat, *self._fc_w)
             b_fc = _view(self.flat, *self._fc_b)
             y = np.empty((T, N, self.output_size), dt)
-            _lstm.linear_forward(top.reshape(T * N, D * H), w_fc, b_fc, y.reshape(T * N, -1))
+            args = (top.reshape(T * N, D * H), w_fc, b_fc, y.reshape(T * N, -1))
+            if self._split_head(T * N, threads):
+                _pair(_lstm.linear_forward(*args, 0, 2, defer=True),
+                      _lstm.linear_forward(*args, 1, 2, defer=True), threads)
+            else:
+                _lstm.linear_forward(*args)
             if ragged:
                 y[_padding_mask(lengths, T)] = 0
             if not training:
@@ -661,21 +677,26 @@ class LSTM:
             return arr
 
         empty = np.empty((0, 0, 0), dt)
+        threads = get_num_threads()
         with blas_held():
             if self.output_size is None:
                 dtop = dy
             else:
                 dtop = take((T, N, D * H))
-                _lstm.linear_backward(cache.top.reshape(T * N, D * H), _view(self.flat, *self._fc_w),
-                                      dy.reshape(T * N, -1), dtop.reshape(T * N, D * H),
-                                      _view(flat, *self._fc_w), _view(flat, *self._fc_b))
+                args = (cache.top.reshape(T * N, D * H), _view(self.flat, *self._fc_w),
+                        dy.reshape(T * N, -1), dtop.reshape(T * N, D * H),
+                        _view(flat, *self._fc_w), _view(flat, *self._fc_b))
+                if self._split_head(T * N, threads):
+                    _pair(_lstm.linear_backward(*args, 0, 2, defer=True),
+                          _lstm.linear_backward(*args, 1, 2, defer=True), threads)
+                else:
+                    _lstm.linear_backward(*args)
             dh0 = np.empty_like(dh_n)
             dc0 = np.empty_like(dc_n)
             work = [(take((T, N, 4 * H)), take((N, 4 * H)), take((N, H))) for _ in range(D)]
             # dbias and dpeep of a halved batch's second half (sums[1]), and
             # the discarded dpeep of a net without peepholes, one per job
             sums = [(take((4 * H,)), take((3 * H,))) for _ in range(2)]
-            threads = get_num_threads()
             halves = (0, N // 2, N) if self._split_backward(N, threads) else None
             for layer in range(self.num_layers - 1, -1, -1):
                 inp, record = cache.layers[layer]
