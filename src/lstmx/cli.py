@@ -387,7 +387,10 @@ def _bench(args):
     threads, and print one row per workload: the best time of lstmx with
     peepholes and without ('plain'), torch and onnxruntime ('-' when not
     installed or not applicable), the ratios lstmx/peer, and lstmx's GFLOP/s
-    (matrix products only) against the sgemm peak measured first.
+    (matrix products only) against the sgemm peak measured first. The runs
+    alternate in blocks of about 50 ms; a ratio is the median over blocks of
+    the two best times in the same block, so that a slow stretch of the
+    machine weighs on both sides of it.
 
     Machines are noisy: compare runs on the same machine, and report them
     with 'lstmx info'.
