@@ -295,3 +295,56 @@ def test_head_halved_gives_what_one_thread_gives(N, rng, monkeypatch):
     whole = _run(net, x, None, None)
     for a, b in zip(halves, whole):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+
+
+@needs_split
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("hidden", [28, 33, 64, 100], ids=lambda h: f"H{h}")
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_a_chosen_split_gives_the_bits_of_one_thread(bidirectional, hidden, dtype, rng,
+                                                     monkeypatch):
+    """One sequence, W_h up to lstm.CHOOSE_MAX_BYTES: the run may switch
+    between the units split and no split from call to call (lstm._Chooser),
+    so both must give exactly the same outputs, state and gradients."""
+    net = Arch(6, hidden, num_layers=2, bidirectional=bidirectional, peephole=True,
+               output_size=3).make(dtype=dtype, seed=10)
+    x = random_x(rng, 9, 1, 6).astype(dtype)
+    state = random_state(rng, net, 1)
+    monkeypatch.setattr(lstm_module, "SPLIT_MIN_BYTES", 0)
+    assert net._split(1) == "units"
+    for lengths in (None, [7]):
+        results = []
+        for mode in ("units", None):
+            monkeypatch.setattr(lstm_module._Chooser, "choose", lambda self, mode=mode: mode)
+            results.append(_run(net, x, lengths, state))
+        for a, b in zip(*results):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_the_chooser_keeps_the_faster_way():
+    """lstm._Chooser: split while it is not much slower than its best; else,
+    and periodically while unsplit, one call the other way, and the way
+    faster in its last call is kept."""
+    c = lstm_module._Chooser()
+    every = c.PROBE_EVERY
+    for _ in range(every):                    # fast split calls: no probe
+        assert c.choose() == "units"
+        c.record("units", 1.0)
+    assert c.choose() == "units"
+    c.record("units", 2.0)                    # slowed down: the next call probes
+    assert c.choose() is None
+    c.record(None, 1.5)                       # faster than the split's last: kept
+    assert c.mode is None
+    for _ in range(every):
+        assert c.choose() is None
+        c.record(None, 1.5)
+    assert c.choose() == "units"              # periodic probe of the split
+    c.record("units", 2.5)                    # still slow: stay unsplit
+    assert c.mode is None
+    for _ in range(every):
+        assert c.choose() is None
+        c.record(None, 1.5)
+    assert c.choose() == "units"
+    c.record("units", 1.1)                    # fast again: back to the split
+    assert c.mode == "units"
+    assert c.choose() == "units"

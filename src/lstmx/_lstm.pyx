@@ -346,12 +346,15 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
                    floating* out, Py_ssize_t ld_out,
                    floating* gates, floating* c_all, floating* h_prev_all,
                    floating* rec, floating* w_pack, int* barrier,
-                   int nparts, Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
+                   int nparts, Py_ssize_t n0, Py_ssize_t n1,
+                   bint project_whole) noexcept nogil:
     """The recurrence of one direction of one layer over T steps, for the
     units u0 <= j < u1 of H: one of ``nparts`` threads that share it.
 
     x (T, N, I) or NULL: when given, this part's columns of the input
-    projection are computed first (gates = X W_x^T; else gates holds it).
+    projection are computed first (gates = X W_x^T; else gates holds it),
+    or with project_whole all of them by the part of u0 = 0 while the
+    others wait: one GEMM, the bits one thread computes.
     h_buf (2, N, H): h_{t-1} is read from one half and h_t written to the
     other, alternating, so that parts never read what another writes in the
     same step; the initial state is in h_buf[0] and the final one ends in
@@ -376,8 +379,13 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     cdef bint whole = u0 == 0 and u1 == H
     cdef int sense = 0
     cdef Py_ssize_t seg = _packed_size(nu, H, w_h)   # one gate block's
-    if x != NULL:
+    if x != NULL and not project_whole:
         _project(T * N, I, H, u0, u1, x, w_x, gates)
+    elif x != NULL:
+        if u0 == 0:
+            _project(T * N, I, H, 0, H, x, w_x, gates)
+        if nparts > 1:
+            lstmx_barrier_wait(barrier, nparts, &sense)
     if w_pack != NULL:
         if whole:
             _pack(G, H, w_h, H, 1, w_pack)
@@ -428,6 +436,19 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
             lstmx_barrier_wait(barrier, nparts, &sense)
 
 
+cdef Py_ssize_t _unit_bound(Py_ssize_t H, int part, int nparts) noexcept:
+    """First unit of part ``part`` of ``nparts`` (H for part = nparts): H
+    part / nparts rounded to a multiple of 8 when H >= 8 nparts (then no
+    part is empty). Every part but the last then covers whole 8-unit
+    vectors of the cell, and the units that the cell computes one at a
+    time (the last H % 8) are those that one thread computes so: the parts
+    give one thread's bits (see _forward's project_whole)."""
+    cdef Py_ssize_t exact = H * part // nparts
+    if part == 0 or part == nparts or H < 8 * nparts:
+        return exact
+    return (exact + 4) // 8 * 8
+
+
 def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
                  const floating[:, ::1] w_h, const floating[::1] bias,
                  const floating[::1] peep, const int[::1] lengths,
@@ -436,7 +457,8 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
                  floating[:, :, ::1] gates, floating[:, :, ::1] c_all,
                  floating[:, :, ::1] h_prev_all, floating[:, ::1] rec,
                  int part=0, int nparts=1, int[::1] barrier=None,
-                 Py_ssize_t n0=0, Py_ssize_t n1=-1, bint defer=False):
+                 Py_ssize_t n0=0, Py_ssize_t n1=-1, bint project_whole=False,
+                 bint defer=False):
     """Run the recurrence of one direction of one layer; see ``_forward``.
 
     x (T, N, I), or empty (0, 0, 0) when gates already holds the input
@@ -449,9 +471,11 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
 
     With nparts > 1, call once from each of nparts threads at the same
     time, with part = 0..nparts-1 and one zeroed barrier (2,) int32 shared
-    by all: part p computes the units of the p-th slice of H. Each part
-    holds a slice of W_h (a whole step's weights may not fit one core's
-    cache, a slice can).
+    by all: part p computes the units of the p-th slice of H (see
+    _unit_bound). Each part holds a slice of W_h (a whole step's weights
+    may not fit one core's cache, a slice can). With project_whole, part 0
+    computes the whole input projection first (see _forward): with it, the
+    parts give the bits of one thread.
 
     Or, with nparts == 1, run only the sequences n0 <= n < n1 (n1 = -1: to
     N): threads given disjoint ranges run at once without waiting for each
@@ -473,7 +497,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
         raise ValueError("barrier: expected 2 zeroed ints shared by the parts")
     if nparts > 1:
         barrier_p = &barrier[0]
-    u0, u1 = H * part // nparts, H * (part + 1) // nparts
+    u0, u1 = _unit_bound(H, part, nparts), _unit_bound(H, part + 1, nparts)
     if n1 < 0:
         n1 = N
     if not (0 <= n0 < n1 <= N) or ((n0 or n1 != N) and (nparts > 1 or x_p != NULL)):
@@ -490,6 +514,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     job.args.T, job.args.N, job.args.I, job.args.H = T, N, I, H
     job.args.u0, job.args.u1, job.args.n0, job.args.n1 = u0, u1, n0, n1
     job.args.nparts, job.args.reverse = nparts, reverse
+    job.args.flag = project_whole
     job.args.x = <void*>x_p
     job.args.w_x = <void*>&w_x[0, 0]
     job.args.w_h = <void*>&w_h[0, 0]
@@ -722,7 +747,7 @@ cdef void _run_typed(_Args* a, floating* like) noexcept nogil:
                  a.reverse, <floating*>a.h_buf, <floating*>a.c, <floating*>a.out,
                  a.ld, <floating*>a.gates, <floating*>a.c_all,
                  <floating*>a.h_prev_all, <floating*>a.rec, <floating*>a.owned,
-                 a.barrier, a.nparts, a.n0, a.n1)
+                 a.barrier, a.nparts, a.n0, a.n1, a.flag)
     elif a.kind == _BACKWARD:
         # (dbias in bias, dout in out, dh0 in h_buf, dc0 in c, drec in rec)
         _backward(a.T, a.N, a.H, <const floating*>a.w_h, <const floating*>a.peep,

@@ -20,6 +20,7 @@ import copy
 import math
 import operator
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 
@@ -68,6 +69,12 @@ SPLIT_BATCH_MAX_BYTES = 8 * 1024 * 1024
 # halves): H=64 N=2 1.02/1.28, N=4 1.75/1.76, N=8 4.02/3.30, N=32 16.9/10.4;
 # H=16 N=8 0.72/1.06; H=512 N=64 T=50 362/210.
 BACKWARD_SPLIT_MIN_FLOPS = 256 * 1024
+# A single sequence's recurrence split by units (SPLIT_MIN_BYTES) with at
+# most this many bytes of W_h also runs unsplit from time to time, and the
+# faster way is kept (see _Chooser). Above, one thread reads W_h from L3
+# and is the slower way whatever the machine does (seed_infer, 1.6 MB:
+# 41-51 ms on one thread against 20-28 ms split).
+CHOOSE_MAX_BYTES = 512 * 1024
 # The head's products are halved between two threads from this many
 # multiply-adds a product (R T*N rows times D*H times O).
 HEAD_SPLIT_MIN_MACS = 1 << 20
@@ -235,6 +242,53 @@ class _Pool:
 _size = operator.attrgetter("size")
 
 
+class _Chooser:
+    """Chooses, call by call, how a single sequence's recurrence runs: split
+    by units between two threads that meet at every step ("units"), or not
+    split (None: one thread, or a direction on each).
+
+    A step of a small network takes about a microsecond, and the meeting
+    costs a round trip of a cache line between the two cores. On the
+    shared development VM that round trip measured 60-150 ns in some
+    stretches and about 600 ns in others, each lasting from a fraction of a
+    second to seconds: small_infer split ran in 1.0-1.3 ms in the first,
+    2.3-2.5 ms in the second, and on one thread in 1.45-1.55 ms in both.
+    So the split runs while it is no slower than the best it has done by
+    SLOWER; then, and every PROBE_EVERY calls while unsplit, the other way
+    runs once, and whichever was faster in its last call is kept. Both
+    ways give the same bits (see _lstm.lstm_forward's project_whole), so
+    the choice changes speed only. Races between threads sharing a
+    network only make a choice worse for a while.
+    """
+
+    SLOWER = 1.3
+    PROBE_EVERY = 16
+
+    def __init__(self):
+        self.mode = "units"
+        self.best = {"units": math.inf, None: math.inf}   # seconds a step
+        self.last = {"units": math.inf, None: math.inf}
+        self.since_probe = 0
+        self.probing = False
+
+    def choose(self):
+        other = None if self.mode == "units" else "units"
+        due = self.since_probe >= self.PROBE_EVERY and (
+            self.mode is None or self.last["units"] > self.SLOWER * self.best["units"])
+        self.probing = due
+        return other if due else self.mode
+
+    def record(self, mode, seconds_per_step):
+        self.last[mode] = seconds_per_step
+        self.best[mode] = min(self.best[mode], seconds_per_step)
+        if self.probing:
+            self.probing, self.since_probe = False, 0
+            if seconds_per_step < self.last[self.mode]:
+                self.mode = mode
+        else:
+            self.since_probe += 1
+
+
 class LSTM:
     """A (stacked, optionally bidirectional) peephole LSTM with an optional
     fully connected head.
@@ -309,6 +363,7 @@ class LSTM:
         self.params = NamedArrays(self.flat, self._named_views(self.flat))
         self._packed = [slot.packed(self.flat) for slot in self._slots]
         self._pool = _Pool(self.dtype)
+        self._chooser = _Chooser()
         self._no_peep = np.zeros(3 * H, dtype=self.dtype)
         self._no_peep.flags.writeable = False
         self.reset_parameters(seed)
@@ -464,6 +519,12 @@ class LSTM:
         # calls set_num_threads meanwhile
         threads = get_num_threads()
         split = self._split(N, threads)
+        # a split that the chooser may undo: its parts must give one
+        # thread's bits, so part 0 projects the whole input
+        chosen = split == "units" and N == 1 and 4 * H * H * dt.itemsize <= CHOOSE_MAX_BYTES
+        if chosen:
+            split = self._chooser.choose()
+            started = time.perf_counter()
         pool = self._pool
         temps, kept = [], []
 
@@ -507,7 +568,8 @@ class LSTM:
                 x_in = inp if n1 == -1 else empty   # projected already
                 return _lstm.lstm_forward(x_in, w_x, w_h, bias, peep, lengths, d == 1, h_buf[d],
                                           c[k], out, d * H, *record[d], rec[thread], part,
-                                          nparts, barrier, n0, n1, defer=True)
+                                          nparts, barrier, n0, n1, project_whole=chosen,
+                                          defer=True)
 
             if split == "units":
                 # each direction in turn, its units halved between two
@@ -537,6 +599,8 @@ class LSTM:
             if not training and layer > 0:
                 pool.give([inp])        # read by this layer, needed no more
             inp = out
+        if chosen:
+            self._chooser.record(split, (time.perf_counter() - started) / (T * L))
         top = y = inp
         if self.output_size is not None:
             w_fc = _view(self.flat, *self._fc_w)
