@@ -119,7 +119,7 @@ def test_packed_gemm_against_numpy(dtype, rng):
     """The packed GEMM on every remainder of its row tiles (6 rows) and
     column panels (16 float32 or 8 float64 columns), both packings."""
     tol = 2e-5 if dtype == np.float32 else 1e-13
-    for N in (1, 2, 5, 6, 7, 11, 13):
+    for N in (1, 2, 5, 6, 7, 8, 9, 11, 13, 14, 15, 32):
         for M in (1, 7, 8, 9, 16, 17, 40, 100, 200):
             for K in (1, 3, 33):
                 a = rng.standard_normal((N, K)).astype(dtype)
@@ -151,6 +151,15 @@ def test_a_lone_row_sums_as_a_tile_does(dtype, rng):
     one = np.empty((1, M), dtype)
     lstmx._lstm._gemm_packed_test(np.ascontiguousarray(a[6:]), w, True, one)
     np.testing.assert_array_equal(one[0], tiles[0])
+    # whatever tiles N rows are cut into (6s, 4+4, 5+4, a lone row), each
+    # row gets the bits it gets among 16
+    b = rng.standard_normal((16, K)).astype(dtype)
+    full = np.empty((16, M), dtype)
+    lstmx._lstm._gemm_packed_test(b, w, True, full)
+    for N in range(1, 16):
+        part = np.empty((N, M), dtype)
+        lstmx._lstm._gemm_packed_test(np.ascontiguousarray(b[:N]), w, True, part)
+        np.testing.assert_array_equal(part, full[:N], err_msg=f"N={N}")
 
 
 @needs_split

@@ -552,12 +552,22 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
     const T *P0 = P;                                                          \
     /* a lone last row (N = 1, 7, 13, ...) is row_'s, after the tiles */      \
     ptrdiff_t Nt = N % LSTMX_MR == 1 ? N - 1 : N;                             \
+    /* 2 or 3 rows left after 6-row tiles keep 4 or 6 accumulators, each FMA  \
+     * waiting on the one before: the last 8 or 9 rows run as 4+4 or 5+4      \
+     * (big_infer's and seed_train's 32 rows a thread: 5 tiles of 6 and 2) */ \
+    ptrdiff_t r = Nt % LSTMX_MR;                                              \
+    ptrdiff_t N6 = (r == 2 || r == 3) && Nt >= LSTMX_MR + r ? Nt - LSTMX_MR - r \
+                                                             : Nt;            \
     for (ptrdiff_t j0 = 0; j0 < M && Nt; j0 += NR, P += NR * K) {             \
         ptrdiff_t nc = M - j0 < NR ? M - j0 : NR;                             \
         ptrdiff_t n = 0;                                                      \
-        for (; n + LSTMX_MR <= Nt; n += LSTMX_MR)                             \
+        for (; n + LSTMX_MR <= N6; n += LSTMX_MR)                             \
             tile_##SFX(K, LSTMX_MR, A + n * lda, lda, P, C + n * ldc + j0,    \
                        ldc, nc);                                              \
+        if (N6 < Nt) {                                                        \
+            tile_##SFX(K, 4, A + n * lda, lda, P, C + n * ldc + j0, ldc, nc); \
+            n += 4;                                                           \
+        }                                                                     \
         switch (Nt - n) {  /* the last rows, each count its own tile */       \
         case 5: tile_##SFX(K, 5, A + n * lda, lda, P, C + n * ldc + j0,       \
                            ldc, nc); break;                                   \
