@@ -595,9 +595,12 @@ LSTMX_PACK(double, f64, 4)
  * NULL): the softmax shifted by the row's maximum, dz[r] = (softmax(z[r]) -
  * onehot(classes[r])) * scale, and log sum exp(z[r] - m) - (z[r][c] - m)
  * added to the returned sum (in double); other rows get dz = 0 and their
- * classes are not read. The exps of a row are one vectorized loop, their
- * sum another (a sum in order: no reassociation). */
-#define LSTMX_SOFTMAX_XENT(T, SFX, V, ATTR)                                   \
+ * classes are not read. EXPS(C, zr, m, d) writes d[j] = exp(zr[j] - m).
+ * The maximum and the sum run in 8 interleaved partials (a sum in order,
+ * one add waiting on the other, was a third of the kernel at C = 44), then
+ * combined in a fixed order: the same bits in every build. A NaN in a row
+ * gives NaN through its exp. */
+#define LSTMX_SOFTMAX_XENT(T, SFX, V, ATTR, EXPS)                             \
 static ATTR double softmax_xent_##SFX##V(                                     \
     ptrdiff_t R, ptrdiff_t C, const T *restrict z,                            \
     const ptrdiff_t *restrict classes, const unsigned char *restrict valid,   \
@@ -611,23 +614,49 @@ static ATTR double softmax_xent_##SFX##V(                                     \
             memset(d, 0, C * sizeof(T));                                      \
             continue;                                                         \
         }                                                                     \
-        T m = zr[0];                                                          \
-        for (ptrdiff_t j = 1; j < C; j++)                                     \
+        T part[8], m = zr[0], sum = 0;                                        \
+        ptrdiff_t j = 0, k;                                                   \
+        if (C >= 8) {                                                         \
+            for (k = 0; k < 8; k++)                                           \
+                part[k] = zr[k];                                              \
+            for (j = 8; j + 8 <= C; j += 8)                                   \
+                for (k = 0; k < 8; k++)                                       \
+                    part[k] = zr[j + k] > part[k] ? zr[j + k] : part[k];      \
+            for (k = 0; k < 8; k++)                                           \
+                m = part[k] > m ? part[k] : m;                                \
+        }                                                                     \
+        for (; j < C; j++)                                                    \
             m = zr[j] > m ? zr[j] : m;                                        \
-        for (ptrdiff_t j = 0; j < C; j++)                                     \
-            d[j] = exp_##SFX(zr[j] - m);                                      \
-        T sum = 0;                                                            \
-        for (ptrdiff_t j = 0; j < C; j++)                                     \
+        EXPS(C, zr, m, d);                                                    \
+        for (k = 0; k < 8; k++)                                               \
+            part[k] = 0;                                                      \
+        for (j = 0; j + 8 <= C; j += 8)                                       \
+            for (k = 0; k < 8; k++)                                           \
+                part[k] += d[j + k];                                          \
+        for (k = 0; k < 8; k++)                                               \
+            sum += part[k];                                                   \
+        for (; j < C; j++)                                                    \
             sum += d[j];                                                      \
         ptrdiff_t c = classes[r];                                             \
         total += log((double)sum) - (double)(zr[c] - m);                      \
         T f = scale / sum;                                                    \
-        for (ptrdiff_t j = 0; j < C; j++)                                     \
+        for (j = 0; j < C; j++)                                               \
             d[j] *= f;                                                        \
         d[c] -= scale;                                                        \
     }                                                                         \
     return total;                                                             \
 }
+
+#define LSTMX_SOFTMAX_EXPS(T, SFX)                                            \
+static inline LSTMX_INLINE void softmax_exps_##SFX(ptrdiff_t C, const T *zr,  \
+                                                   T m, T *d)                 \
+{                                                                             \
+    for (ptrdiff_t j = 0; j < C; j++)                                         \
+        d[j] = exp_##SFX(zr[j] - m);                                          \
+}
+
+LSTMX_SOFTMAX_EXPS(float, f32)
+LSTMX_SOFTMAX_EXPS(double, f64)
 
 /* ---- the kernels, built for each target, and the public functions ------- */
 
@@ -656,12 +685,12 @@ static ATTR void activations_f32##V(ptrdiff_t n, const float *restrict z,    \
     LSTMX_GEMV_PACKED(double, f64, 4, V, ATTR)                                \
     LSTMX_GEMM_PACKED(float, f32, 8, V, ATTR)                                 \
     LSTMX_GEMM_PACKED(double, f64, 4, V, ATTR)                                \
-    LSTMX_SOFTMAX_XENT(float, f32, V, ATTR)                                   \
-    LSTMX_SOFTMAX_XENT(double, f64, V, ATTR)
+    LSTMX_SOFTMAX_XENT(double, f64, V, ATTR, softmax_exps_f64)
 
 LSTMX_KERNELS(_base, )
 LSTMX_ACTIVATIONS(_base, )
 LSTMX_CELL_FORWARD(float, f32, _base, )
+LSTMX_SOFTMAX_XENT(float, f32, _base, , softmax_exps_f32)
 
 #if LSTMX_DISPATCH_FMA
 #define LSTMX_FMA __attribute__((target("avx2,fma")))
@@ -753,6 +782,20 @@ static LSTMX_FMA void activations_f32_fma(ptrdiff_t n, const float *restrict z,
         t[k] = tanh_f32(z[k]);
     }
 }
+
+/* exp(zr[j] - m) on 8 lanes, the scalar exp_f32 past the last 8 (the
+ * lanes give its bits: see the activations' test) */
+static LSTMX_FMA_INLINE void softmax_exps_v8(ptrdiff_t C, const float *zr,
+                                             float m, float *d)
+{
+    ptrdiff_t j = 0;
+    for (; j + 8 <= C; j += 8)
+        store_f32(d + j, exp_v8(load_f32(zr + j) - m));
+    for (; j < C; j++)
+        d[j] = exp_f32(zr[j] - m);
+}
+
+LSTMX_SOFTMAX_XENT(float, f32, _fma, LSTMX_FMA, softmax_exps_v8)
 
 static int use_fma = 0;
 
