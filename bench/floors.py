@@ -8,7 +8,8 @@ For each workload of lstmx._bench a lower bound on its time on 2 cores:
   both cores), with no other cost;
 * for a single sequence (N=1) also the recurrence, which cannot go faster
   than reading W_h once a step: each step's matrix-vector product over a
-  half of W_h, timed with lstmx's own kernel on both cores at once (each
+  half of W_h, timed with the faster of lstmx's two kernels for it
+  (matmat, or the packed GEMM's one-row kernel) on both cores at once (each
   core its half, as the split recurrence runs), times the number of steps.
   At hidden 320 a half is 0.8 MB, read from L2 at its bandwidth.
 
@@ -27,18 +28,24 @@ from lstmx import _bench, _lstm
 
 def matvec_step_seconds(hidden, seconds=0.3):
     """Per-step time of the recurrent product of one direction split over
-    two cores: each core's product over its half of W_h (2H x H), at once."""
+    two cores: each core's product over its half of W_h (2H x H), at once,
+    with the faster of the two kernels."""
+    return min(_matvec_step_seconds(hidden, packed, seconds / 2) for packed in (False, True))
+
+
+def _matvec_step_seconds(hidden, packed, seconds):
     rng = np.random.default_rng(0)
     halves = [rng.standard_normal((2 * hidden, hidden)).astype(np.float32) for _ in range(2)]
     x = np.ones(hidden, np.float32)
-    single = _lstm._matvec_seconds(halves[0], x, np.empty(2 * hidden, np.float32), 10)
+    single = _lstm._matvec_seconds(halves[0], x, np.empty(2 * hidden, np.float32), 10, packed)
     repeats = max(10, int(seconds / max(single / 10, 1e-7) / 5))
     best = [np.inf, np.inf]
 
     def run(i):
         y = np.empty(2 * hidden, np.float32)
         for _ in range(5):
-            best[i] = min(best[i], _lstm._matvec_seconds(halves[i], x, y, repeats) / repeats)
+            best[i] = min(best[i], _lstm._matvec_seconds(halves[i], x, y, repeats, packed)
+                          / repeats)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for t in threads:
