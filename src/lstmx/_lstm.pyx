@@ -262,6 +262,7 @@ cdef struct _Args:
     void* h_prev_all
     void* rec
     void* owned
+    void* owned_x
     void* c0
     void* dh_n
     void* dc_n
@@ -276,11 +277,12 @@ cdef struct _Args:
 cdef class Job:
     """One kernel call, checked and ready: run() runs it (the GIL
     released); run_pair(a, b) runs two at once."""
-    cdef _Args args       # args.owned: a packed W_h, freed with the job
+    cdef _Args args       # args.owned (owned_x): a packed W_h (W_x), freed with the job
     cdef object keep      # the arrays that args point into
 
     def __dealloc__(self):
         free(self.args.owned)
+        free(self.args.owned_x)
 
     cdef object _run_or_defer(self, bint defer):
         if defer:
@@ -346,15 +348,17 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
                    floating* out, Py_ssize_t ld_out,
                    floating* gates, floating* c_all, floating* h_prev_all,
                    floating* rec, floating* w_pack, int* barrier,
-                   int nparts, Py_ssize_t n0, Py_ssize_t n1,
-                   bint project_whole) noexcept nogil:
+                   int part, int nparts, Py_ssize_t n0, Py_ssize_t n1,
+                   bint project_whole, floating* w_x_pack) noexcept nogil:
     """The recurrence of one direction of one layer over T steps, for the
     units u0 <= j < u1 of H: one of ``nparts`` threads that share it.
 
     x (T, N, I) or NULL: when given, this part's columns of the input
-    projection are computed first (gates = X W_x^T; else gates holds it),
-    or with project_whole all of them by the part of u0 = 0 while the
-    others wait: one GEMM, the bits one thread computes.
+    projection are computed first (gates = X W_x^T; else gates holds it).
+    With project_whole, each part computes all columns of its share of the
+    T N rows instead, with the packed GEMM on W_x^T packed in w_x_pack
+    (room for _packed_size(4H, I)): it sums each element in the same order
+    whatever the rows, so the parts give the bits one thread gives.
     h_buf (2, N, H): h_{t-1} is read from one half and h_t written to the
     other, alternating, so that parts never read what another writes in the
     same step; the initial state is in h_buf[0] and the final one ends in
@@ -372,7 +376,7 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     threads given disjoint ranges (and all the units) need no barrier.
     """
     cdef Py_ssize_t G = 4 * H, nu = u1 - u0, Nb = n1 - n0
-    cdef Py_ssize_t s, n, t, row, g
+    cdef Py_ssize_t s, n, t, row, g, r0, r1
     cdef floating* cur
     cdef floating* nxt
     cdef bint training = c_all != NULL
@@ -382,8 +386,10 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     if x != NULL and not project_whole:
         _project(T * N, I, H, u0, u1, x, w_x, gates)
     elif x != NULL:
-        if u0 == 0:
-            _project(T * N, I, H, 0, H, x, w_x, gates)
+        _pack(G, I, w_x, I, 1, w_x_pack)
+        r0 = T * N * part // nparts
+        r1 = T * N * (part + 1) // nparts
+        _gemm_packed(r1 - r0, G, I, x + r0 * I, I, w_x_pack, gates + r0 * G, G)
         if nparts > 1:
             lstmx_barrier_wait(barrier, nparts, &sense)
     if w_pack != NULL:
@@ -473,9 +479,9 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     time, with part = 0..nparts-1 and one zeroed barrier (2,) int32 shared
     by all: part p computes the units of the p-th slice of H (see
     _unit_bound). Each part holds a slice of W_h (a whole step's weights
-    may not fit one core's cache, a slice can). With project_whole, part 0
-    computes the whole input projection first (see _forward): with it, the
-    parts give the bits of one thread.
+    may not fit one core's cache, a slice can). With project_whole, the
+    input projection is shared by rows with _cell.c's packed GEMM instead
+    (see _forward): with it, the parts give the bits of one thread.
 
     Or, with nparts == 1, run only the sequences n0 <= n < n1 (n1 = -1: to
     N): threads given disjoint ranges run at once without waiting for each
@@ -513,8 +519,10 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     job.args.dbl = floating is double
     job.args.T, job.args.N, job.args.I, job.args.H = T, N, I, H
     job.args.u0, job.args.u1, job.args.n0, job.args.n1 = u0, u1, n0, n1
-    job.args.nparts, job.args.reverse = nparts, reverse
-    job.args.flag = project_whole
+    job.args.part, job.args.nparts, job.args.reverse = part, nparts, reverse
+    job.args.flag = project_whole and x_p != NULL
+    if job.args.flag:
+        job.args.owned_x = _alloc(_packed_size(4 * H, I, &w_h[0, 0]), &w_h[0, 0])
     job.args.x = <void*>x_p
     job.args.w_x = <void*>&w_x[0, 0]
     job.args.w_h = <void*>&w_h[0, 0]
@@ -747,7 +755,8 @@ cdef void _run_typed(_Args* a, floating* like) noexcept nogil:
                  a.reverse, <floating*>a.h_buf, <floating*>a.c, <floating*>a.out,
                  a.ld, <floating*>a.gates, <floating*>a.c_all,
                  <floating*>a.h_prev_all, <floating*>a.rec, <floating*>a.owned,
-                 a.barrier, a.nparts, a.n0, a.n1, a.flag)
+                 a.barrier, a.part, a.nparts, a.n0, a.n1, a.flag,
+                 <floating*>a.owned_x)
     elif a.kind == _BACKWARD:
         # (dbias in bias, dout in out, dh0 in h_buf, dc0 in c, drec in rec)
         _backward(a.T, a.N, a.H, <const floating*>a.w_h, <const floating*>a.peep,

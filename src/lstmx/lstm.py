@@ -520,7 +520,7 @@ class LSTM:
         threads = get_num_threads()
         split = self._split(N, threads)
         # a split that the chooser may undo: its parts must give one
-        # thread's bits, so part 0 projects the whole input
+        # thread's bits (project_whole: the projection on lstmx's packed GEMM)
         chosen = split == "units" and N == 1 and 4 * H * H * dt.itemsize <= CHOOSE_MAX_BYTES
         if chosen:
             split = self._chooser.choose()
