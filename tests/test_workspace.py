@@ -167,15 +167,18 @@ def test_pool_keeps_a_bounded_number_of_buffers():
     taken = [pool.take((i + 1, 3)) for i in range(_Pool.MAX_FREE + 5)]
     pool.give(taken)
     pool.give(taken[-3:])           # given twice: still kept once
+    pad = 64 // 4 - 1               # room for a start on a cache line
     assert len(pool.free) == _Pool.MAX_FREE
     assert len({id(b) for b in pool.free}) == _Pool.MAX_FREE
-    assert min(b.size for b in pool.free) == 6 * 3     # the smallest went first
+    assert min(b.size for b in pool.free) == 6 * 3 + pad     # the smallest went first
     a = pool.take((4, 4))           # the smallest that fits
-    assert a.shape == (4, 4) and a.base.size == 6 * 3
+    assert a.shape == (4, 4) and a.base.size == 6 * 3 + pad
     big = _Pool(np.float32)
     big.give([big.take((10_000,))])
-    assert big.take((100,)).base.size == 100   # not the 40 KB buffer
-    assert big.take((5_000,)).base.size == 10_000
+    assert big.take((100,)).base.size == 100 + pad   # not the 40 KB buffer
+    assert big.take((5_000,)).base.size == 10_000 + pad
+    for shape in ((1,), (3, 5), (7, 1, 9)):
+        assert big.take(shape).ctypes.data % 64 == 0
 
 
 def test_networks_copy_and_pickle_with_a_fresh_pool(rng):

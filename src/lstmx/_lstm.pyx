@@ -442,17 +442,23 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
             lstmx_barrier_wait(barrier, nparts, &sense)
 
 
-cdef Py_ssize_t _unit_bound(Py_ssize_t H, int part, int nparts) noexcept:
+cdef Py_ssize_t _unit_bound(Py_ssize_t H, int part, int nparts,
+                            Py_ssize_t itemsize) noexcept:
     """First unit of part ``part`` of ``nparts`` (H for part = nparts): H
-    part / nparts rounded to a multiple of 8 when H >= 8 nparts (then no
-    part is empty). Every part but the last then covers whole 8-unit
-    vectors of the cell, and the units that the cell computes one at a
-    time (the last H % 8) are those that one thread computes so: the parts
-    give one thread's bits (see _forward's project_whole)."""
+    part / nparts rounded to a multiple of a cache line's units (16 float32
+    or 8 float64; 8 when H is too small for 16 a part; exact below 8 a
+    part). The parts then write no cache line in common (in arrays that
+    start on one: see lstm._ALIGN), every part but the last covers whole
+    8-unit vectors of the cell, and the units that the cell computes one at
+    a time (the last H % 8) are those that one thread computes so: the
+    parts give one thread's bits (see _forward's project_whole)."""
     cdef Py_ssize_t exact = H * part // nparts
+    cdef Py_ssize_t step = 64 // itemsize
     if part == 0 or part == nparts or H < 8 * nparts:
         return exact
-    return (exact + 4) // 8 * 8
+    while step > 8 and H < step * nparts:
+        step //= 2
+    return (exact + step // 2) // step * step
 
 
 def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
@@ -503,7 +509,8 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
         raise ValueError("barrier: expected 2 zeroed ints shared by the parts")
     if nparts > 1:
         barrier_p = &barrier[0]
-    u0, u1 = _unit_bound(H, part, nparts), _unit_bound(H, part + 1, nparts)
+    u0 = _unit_bound(H, part, nparts, sizeof(floating))
+    u1 = _unit_bound(H, part + 1, nparts, sizeof(floating))
     if n1 < 0:
         n1 = N
     if not (0 <= n0 < n1 <= N) or ((n0 or n1 != N) and (nparts > 1 or x_p != NULL)):

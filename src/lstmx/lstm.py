@@ -209,7 +209,7 @@ class _Pool:
     FIT = 4
 
     def __init__(self, dtype):
-        self.dtype = dtype
+        self.dtype = np.dtype(dtype)
         self.lock = threading.Lock()
         self.free = []    # 1-D buffers, none taken
 
@@ -219,14 +219,15 @@ class _Pool:
 
     def take(self, shape):
         n = math.prod(shape)
+        pad = _ALIGN // self.dtype.itemsize - 1      # room to start on a line
         with self.lock:
             # free is sorted by size: the first at least n is the best fit
-            i = bisect.bisect_left(self.free, n, key=_size)
-            fits = i < len(self.free) and self.free[i].size <= self.FIT * max(n, 1024)
+            i = bisect.bisect_left(self.free, n + pad, key=_size)
+            fits = i < len(self.free) and self.free[i].size <= self.FIT * max(n + pad, 1024)
             buf = self.free.pop(i) if fits else None
         if buf is None:
-            buf = np.empty(max(n, 1), self.dtype)
-        return buf[:n].reshape(shape)
+            buf = np.empty(max(n, 1) + pad, self.dtype)
+        return _aligned_view(buf, n).reshape(shape)
 
     def give(self, arrays):
         """Return arrays from take(); the caller no longer uses them."""
@@ -240,6 +241,28 @@ class _Pool:
 
 
 _size = operator.attrgetter("size")
+
+# Arrays that two threads write side by side (a split recurrence's parts
+# write their units of each row of gates, h, c and the output) start on a
+# cache line, so that the parts' halves (lstm_forward's unit bounds are
+# multiples of a line) never share one. NumPy aligns to 16 bytes: with
+# small_infer's rows straddling lines, the lines went back and forth
+# between the cores at every step.
+_ALIGN = 64
+
+
+def _aligned_view(buf, n):
+    """The first n elements of 1-D buf (at least n + _ALIGN/itemsize - 1
+    long) from its first address on a cache line."""
+    skip = (-buf.ctypes.data % _ALIGN) // buf.itemsize
+    return buf[skip:skip + n]
+
+
+def _aligned_zeros(shape, dtype):
+    """Zeros of this shape starting on a cache line (see _ALIGN)."""
+    dtype = np.dtype(dtype)
+    n = math.prod(shape)
+    return _aligned_view(np.zeros(n + _ALIGN // dtype.itemsize - 1, dtype), n).reshape(shape)
 
 
 class _Chooser:
@@ -502,7 +525,9 @@ class LSTM:
         check_blas_size(T * N * widest)
         lengths, ragged = as_lengths(lengths, T, N)
         h, c = as_state(state, "state", self.num_layers * D, N, H, self.dtype, unbatched, check_finite)
-        return x, unbatched, lengths, ragged, h, c
+        c_lines = _aligned_zeros(c.shape, self.dtype)   # written by both parts of a split
+        c_lines[...] = c
+        return x, unbatched, lengths, ragged, h, c_lines
 
     def _run(self, x, lengths, ragged, h, c, training):
         """Forward through every layer. h, c (L*D, N, H) are updated in place
@@ -541,7 +566,7 @@ class LSTM:
         inp = x
         for layer in range(L):
             if layer == L - 1 and self.output_size is None:
-                out = np.zeros((T, N, D * H), dt)        # returned
+                out = _aligned_zeros((T, N, D * H), dt)   # returned
             else:
                 # padded steps must read zero (the kernels write valid
                 # steps only)
