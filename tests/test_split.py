@@ -357,3 +357,26 @@ def test_the_chooser_keeps_the_faster_way():
     c.record("units", 1.1)                    # fast again: back to the split
     assert c.mode == "units"
     assert c.choose() == "units"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("K", [5, 8, 37, 320])
+def test_matmat_rows_sum_alike_in_any_group(dtype, K, rng):
+    """A single sequence's matmat (W_h above ONE_PACKED_MAX_BYTES) gives
+    each row NumPy's value, and in float32 on AVX2+FMA (the 8-row kernel)
+    the bits it gets among 16 whether it falls in a group of rows or is
+    left over (float64's 4-row and 1-row dot products can differ by an ulp)."""
+    w = rng.standard_normal((16, K)).astype(dtype)
+    x = rng.standard_normal(K).astype(dtype)
+    full = np.empty(16, dtype)
+    lstmx._lstm._matvec_seconds(w, x, full, 1)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(full, w.astype(np.float64) @ x.astype(np.float64),
+                               rtol=tol, atol=tol * np.sqrt(K))
+    for M in range(1, 16):
+        part = np.empty(M, dtype)
+        lstmx._lstm._matvec_seconds(np.ascontiguousarray(w[16 - M:]), x, part, 1)
+        if dtype == np.float32 and lstmx._lstm.kernel_target() == "avx2+fma":
+            np.testing.assert_array_equal(part, full[16 - M:], err_msg=f"M={M}")
+        else:
+            np.testing.assert_allclose(part, full[16 - M:], rtol=tol, atol=tol * np.sqrt(K))

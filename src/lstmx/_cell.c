@@ -346,8 +346,9 @@ static ATTR void matmat_##SFX##V(ptrdiff_t M, ptrdiff_t K,                    \
     for (; r < M; r++)                                                        \
         for (ptrdiff_t n = 0; n < N; n++)                                     \
             Y[n * ldy + r] = dot1_##SFX(K, W + r * K, X + n * ldx);           \
-}                                                                             \
-                                                                              \
+}
+
+#define LSTMX_MATMAT_T(T, SFX, V, ATTR)                                        \
 /* Y[n] (K) = W^T X[n] with W (M, K) and X[n] (M): Y[n] += X[n][r] W[r, :]    \
  * row by row, four rows at a time; the loop over k is elementwise, so it    \
  * vectorizes as it is, and the four rows stay in L1 for every n. */         \
@@ -679,8 +680,9 @@ static ATTR void activations_f32##V(ptrdiff_t n, const float *restrict z,    \
     LSTMX_CELL_FORWARD(double, f64, V, ATTR)                                  \
     LSTMX_CELL_BACKWARD(float, f32, V, ATTR)                                  \
     LSTMX_CELL_BACKWARD(double, f64, V, ATTR)                                 \
-    LSTMX_MATMAT(float, f32, V, ATTR)                                         \
     LSTMX_MATMAT(double, f64, V, ATTR)                                        \
+    LSTMX_MATMAT_T(float, f32, V, ATTR)                                       \
+    LSTMX_MATMAT_T(double, f64, V, ATTR)                                      \
     LSTMX_GEMV_PACKED(float, f32, 8, V, ATTR)                                 \
     LSTMX_GEMV_PACKED(double, f64, 4, V, ATTR)                                \
     LSTMX_GEMM_PACKED(float, f32, 8, V, ATTR)                                 \
@@ -690,6 +692,7 @@ static ATTR void activations_f32##V(ptrdiff_t n, const float *restrict z,    \
 LSTMX_KERNELS(_base, )
 LSTMX_ACTIVATIONS(_base, )
 LSTMX_CELL_FORWARD(float, f32, _base, )
+LSTMX_MATMAT(float, f32, _base, )
 LSTMX_SOFTMAX_XENT(float, f32, _base, , softmax_exps_f32)
 
 #if LSTMX_DISPATCH_FMA
@@ -783,6 +786,67 @@ static LSTMX_FMA void activations_f32_fma(ptrdiff_t n, const float *restrict z,
     }
 }
 
+/* matmat on 8 rows at a time (float32, one or a few sequences): a row's 8
+ * lanes of products accumulate over k in one register, and the 8 rows' sums
+ * across lanes come out of one transposing tree of horizontal adds (per
+ * row ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), then the k past
+ * the last 8 in order). dot4's sums across lanes, 8 dependent adds a row,
+ * cost as much as the products at K = 320. A row left over after the
+ * groups of 8 is summed in the same order: the same bits in any group. */
+typedef float vec4_f32 __attribute__((vector_size(16)));
+
+static LSTMX_FMA_INLINE float row_tail_f32(vec_f32 acc, ptrdiff_t k, ptrdiff_t K,
+                                           const float *w, const float *x)
+{
+    vec_f32 t = __builtin_ia32_haddps256(acc, acc);
+    t = __builtin_ia32_haddps256(t, t);
+    float s = t[0] + t[4];
+    for (; k < K; k++)
+        s += w[k] * x[k];
+    return s;
+}
+
+static LSTMX_FMA void matmat_f32_fma(ptrdiff_t M, ptrdiff_t K,
+                                     const float *restrict W, ptrdiff_t N,
+                                     const float *restrict X, ptrdiff_t ldx,
+                                     float *restrict Y, ptrdiff_t ldy)
+{
+    ptrdiff_t K8 = K / 8 * 8, r = 0;
+    for (; r + 8 <= M; r += 8)
+        for (ptrdiff_t n = 0; n < N; n++) {
+            const float *w = W + r * K, *x = X + n * ldx;
+            vec_f32 a[8];
+            for (int q = 0; q < 8; q++)
+                a[q] = (vec_f32){0};
+            for (ptrdiff_t k = 0; k < K8; k += 8) {
+                vec_f32 xv = load_f32(x + k);
+                for (int q = 0; q < 8; q++)
+                    a[q] += load_f32(w + q * K + k) * xv;
+            }
+            vec_f32 h01 = __builtin_ia32_haddps256(a[0], a[1]);
+            vec_f32 h23 = __builtin_ia32_haddps256(a[2], a[3]);
+            vec_f32 h45 = __builtin_ia32_haddps256(a[4], a[5]);
+            vec_f32 h67 = __builtin_ia32_haddps256(a[6], a[7]);
+            vec_f32 q03 = __builtin_ia32_haddps256(h01, h23);
+            vec_f32 q47 = __builtin_ia32_haddps256(h45, h67);
+            vec_f32 sums = __builtin_ia32_vperm2f128_ps256(q03, q47, 0x20)
+                           + __builtin_ia32_vperm2f128_ps256(q03, q47, 0x31);
+            float *y = Y + n * ldy + r;
+            store_f32(y, sums);
+            for (int q = 0; q < 8; q++)
+                for (ptrdiff_t k = K8; k < K; k++)
+                    y[q] += w[q * K + k] * x[k];
+        }
+    for (; r < M; r++)
+        for (ptrdiff_t n = 0; n < N; n++) {
+            const float *w = W + r * K, *x = X + n * ldx;
+            vec_f32 acc = (vec_f32){0};
+            for (ptrdiff_t k = 0; k < K8; k += 8)
+                acc += load_f32(w + k) * load_f32(x + k);
+            Y[n * ldy + r] = row_tail_f32(acc, K8, K, w, x);
+        }
+}
+
 /* exp(zr[j] - m) on 8 lanes, the scalar exp_f32 past the last 8 (the
  * lanes give its bits: see the activations' test) */
 static LSTMX_FMA_INLINE void softmax_exps_v8(ptrdiff_t C, const float *zr,
@@ -808,7 +872,13 @@ __attribute__((constructor)) static void lstmx_detect_cpu(void)
 #define LSTMX_PICK(name) (use_fma ? name##_fma : name##_base)
 #else
 #define LSTMX_PICK(name) name##_base
+static const int use_fma = 0;
 #endif
+
+int lstmx_uses_fma(void)
+{
+    return use_fma;
+}
 
 #define LSTMX_PUBLIC(T, SFX)                                                  \
 void lstmx_cell_forward_##SFX(ptrdiff_t n, ptrdiff_t H, T *a, const T *rec,   \

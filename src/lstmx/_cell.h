@@ -47,6 +47,9 @@ LSTMX_DECLARE_MATMAT(double, f64)
     void lstmx_gemv_packed_##SFX(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,       \
                                  const T *x, const T *P, T *y, ptrdiff_t gs);
 
+/* 1 when the kernels run their AVX2+FMA build (chosen at load), else 0 */
+int lstmx_uses_fma(void);
+
 LSTMX_DECLARE_GEMM(float, f32)
 LSTMX_DECLARE_GEMM(double, f64)
 

@@ -78,6 +78,7 @@ cdef extern from "_cell.h" nogil:
     void lstmx_gemm_packed_f64(Py_ssize_t N, Py_ssize_t M, Py_ssize_t K,
                                const double* A, Py_ssize_t lda,
                                const double* P, double* C, Py_ssize_t ldc)
+    int lstmx_uses_fma()
     void lstmx_gemv_packed_f32(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
                                const float* x, const float* P, float* y,
                                Py_ssize_t gs)
@@ -546,6 +547,12 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     job.args.rec = <void*>&rec[0, 0]
     job.args.barrier = barrier_p
     return job._run_or_defer(defer)
+
+
+def kernel_target():
+    """The build of _cell.c's kernels in use on this CPU: "avx2+fma" or
+    "baseline" (chosen when the module loads)."""
+    return "avx2+fma" if lstmx_uses_fma() else "baseline"
 
 
 def can_split():

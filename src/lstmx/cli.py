@@ -40,7 +40,7 @@ import sys
 
 import numpy as np
 
-from . import __version__
+from . import __version__, _lstm
 from ._threads import get_num_threads
 
 __all__ = ["main", "command", "argument"]
@@ -172,6 +172,7 @@ def _info_report():
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "dtypes": [dt.name for dt in FLOAT_DTYPES],
+        "kernels": _lstm.kernel_target(),
         "blas": _scipy_blas(),
         "threads": {
             "lstmx_threads": get_num_threads(),
@@ -189,6 +190,7 @@ def _print_info(report):
     rows = [(key, report[key]) for key in
             ("lstmx", "location", "python", "platform", "numpy", "scipy")]
     rows.append(("dtypes", ", ".join(report["dtypes"])))
+    rows.append(("kernels", f"{report['kernels']} (lstmx's own, chosen for this CPU)"))
     text = " ".join(str(blas[k]) for k in ("name", "version") if k in blas)
     if "has ilp64" in blas:
         text += ", ILP64" if blas["has ilp64"] else ", LP64"
