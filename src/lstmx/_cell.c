@@ -477,7 +477,7 @@ static inline void tile_##SFX(ptrdiff_t K, const int mr, const T *A,          \
                 s += A[r * lda + k] * P[k * 2 * LANES + j];                   \
             C[r * ldc + j] = s;                                               \
         }                                                                     \
-}
+}                                                                             \
                                                                               \
 static inline void row_##SFX(ptrdiff_t K, const int np, const T *A,           \
                              const T *P, T *const *Cq, const ptrdiff_t *nc)   \
@@ -863,10 +863,15 @@ LSTMX_SOFTMAX_XENT(float, f32, _fma, LSTMX_FMA, softmax_exps_v8)
 
 static int use_fma = 0;
 
+/* LSTMX_KERNELS=baseline in the environment keeps the baseline build on
+ * any CPU: the tests run both builds this way (tests/test_kernels_build.py). */
 __attribute__((constructor)) static void lstmx_detect_cpu(void)
 {
+    const char *forced = getenv("LSTMX_KERNELS");
     __builtin_cpu_init();
     use_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (forced && strcmp(forced, "baseline") == 0)
+        use_fma = 0;
 }
 
 #define LSTMX_PICK(name) (use_fma ? name##_fma : name##_base)
