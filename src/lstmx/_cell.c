@@ -227,16 +227,19 @@ static ATTR void cell_backward_##SFX##V(                                      \
  * H=64, N=2, T=200: 3.2 ms with sgemm), and the per-step work stays
  * single-threaded and predictable: with scipy's OpenBLAS, the two directions' threads each
  * calling a multithreaded sgemv made seed_infer slower (44 ms vs 31 ms with
- * OpenBLAS held to one thread). Every row is summed in the same order
- * whichever rows it is computed with, so a recurrence split between threads
- * by rows gives the same bits. */
+ * OpenBLAS held to one thread). Since a single sequence's step now runs
+ * the packed GEMM's one-row kernel when W_h fits L2, these serve a W_h
+ * larger than that (_lstm.pyx's ONE_PACKED_MAX_BYTES) and backward. In the
+ * AVX2 + FMA build float32's matmat sums a row the same way whichever rows
+ * it is computed with (matmat_f32_fma); the generic dot4 and dot1 below can
+ * differ by an ulp (seen in float64 with K % 4 != 0), so a split of those
+ * agrees with one thread to rounding (tests/test_split.py). */
 
 #if defined(__GNUC__) && !defined(LSTMX_PLAIN_C)  /* GCC, clang: vector extensions */
 
 /* The dot products of four rows (or one) of W with x, each summed in two
  * LANES-wide partial sums (so that the adds of one row do not wait on each
- * other), then across lanes, then the remainder: the same order for a row
- * whichever rows it is computed with. */
+ * other), then across lanes, then the remainder. */
 #define LSTMX_DOTS(T, SFX, LANES)                                             \
 typedef T vec_##SFX __attribute__((vector_size(LANES * sizeof(T))));         \
                                                                               \
@@ -793,8 +796,6 @@ static LSTMX_FMA void activations_f32_fma(ptrdiff_t n, const float *restrict z,
  * the last 8 in order). dot4's sums across lanes, 8 dependent adds a row,
  * cost as much as the products at K = 320. A row left over after the
  * groups of 8 is summed in the same order: the same bits in any group. */
-typedef float vec4_f32 __attribute__((vector_size(16)));
-
 static LSTMX_FMA_INLINE float row_tail_f32(vec_f32 acc, ptrdiff_t k, ptrdiff_t K,
                                            const float *w, const float *x)
 {
