@@ -380,3 +380,23 @@ def test_matmat_rows_sum_alike_in_any_group(dtype, K, rng):
             np.testing.assert_array_equal(part, full[16 - M:], err_msg=f"M={M}")
         else:
             np.testing.assert_allclose(part, full[16 - M:], rtol=tol, atol=tol * np.sqrt(K))
+
+
+@needs_split
+def test_the_chooser_is_asked_only_for_a_small_single_sequence(rng, monkeypatch):
+    """lstm._Chooser decides for one sequence split by units with W_h up to
+    lstm.CHOOSE_MAX_BYTES; every such run reports its time to it."""
+    asked, told = [], []
+    monkeypatch.setattr(lstm_module._Chooser, "choose", lambda self: asked.append(1) or None)
+    monkeypatch.setattr(lstm_module._Chooser, "record",
+                        lambda self, mode, seconds: told.append((mode, seconds)))
+    small = lstmx.LSTM(4, 64, dtype=np.float32, seed=0)       # W_h 64 KB: split, chosen
+    assert small._split(1) == "units"
+    small.predict(random_x(rng, 5, 1, 4))
+    assert len(asked) == 1 and len(told) == 1
+    assert told[0][0] is None and told[0][1] > 0              # what choose said, timed
+    small.predict(random_x(rng, 5, 3, 4))                      # three sequences: not asked
+    large = lstmx.LSTM(4, 512, dtype=np.float32, seed=0)      # W_h 4 MB: always split
+    assert large._split(1) == "units"
+    large.predict(random_x(rng, 3, 1, 4))
+    assert len(asked) == 1 and len(told) == 1
