@@ -1,7 +1,8 @@
 /* The per-step kernels: the elementwise LSTM cell (DESIGN.md section 1;
- * seed 002 + peepholes), the recurrent products (matrix-vector for one
- * sequence, a GEMM on a packed W_h for several), and the barrier of a
- * recurrence shared by two threads.
+ * seed 002 + peepholes), the recurrent products (matmat on W_h as it is;
+ * a GEMM and a one-row kernel on a packed W_h), softmax cross-entropy, and
+ * for a recurrence shared by two threads the barrier and the worker thread
+ * that runs the second of a pair of jobs.
  *
  * A cell call computes one step of one sequence over its units. The loops
  * are written so that the compiler vectorizes them: restrict pointers, no
@@ -218,18 +219,14 @@ static ATTR void cell_backward_##SFX##V(                                      \
 }
 
 
-/* ---- recurrent matrix-vector products (a few sequences) ----------------- */
+/* ---- recurrent matrix-vector products on W_h as it is (one sequence) ---- */
 
 /* One step of one sequence needs rec = W_h h_{t-1} (forward) and
- * dh_{t-1} = W_h^T da (backward), W_h (4H, H) row-major; of a few sequences,
- * the same for each. These are done here rather than by BLAS: for a few
- * sequences a GEMM spends its time packing W_h at every step (predict,
- * H=64, N=2, T=200: 3.2 ms with sgemm), and the per-step work stays
- * single-threaded and predictable: with scipy's OpenBLAS, the two directions' threads each
- * calling a multithreaded sgemv made seed_infer slower (44 ms vs 31 ms with
- * OpenBLAS held to one thread). Since a single sequence's step now runs
- * the packed GEMM's one-row kernel when W_h fits L2, these serve a W_h
- * larger than that (_lstm.pyx's ONE_PACKED_MAX_BYTES) and backward. In the
+ * dh_{t-1} = W_h^T da (backward), W_h (4H, H) row-major. These are done
+ * here rather than by BLAS, whose per-step call overhead and threads cost
+ * more than the product. A single sequence's forward step runs the packed
+ * GEMM's one-row kernel when W_h fits L2; matmat serves a W_h larger than
+ * that (_lstm.pyx's ONE_PACKED_MAX_BYTES), matmat_t backward. In the
  * AVX2 + FMA build float32's matmat sums a row the same way whichever rows
  * it is computed with (matmat_f32_fma); the generic dot4 and dot1 below can
  * differ by an ulp (seen in float64 with K % 4 != 0), so a split of those
@@ -334,8 +331,7 @@ static inline void dot4_##SFX(ptrdiff_t K, const T *w0, const T *x, T *y)     \
 
 /* Y[n] (M) = W (M, K) X[n] (K) for the N vectors X[n] = X + n ldx, Y[n] =
  * Y + n ldy: a block of four rows of W is read once from memory and used
- * for every n while it is in L1 (unlike N matvecs); every row is summed in
- * the same order whichever rows and sequences it is computed with. */
+ * for every n while it is in L1 (unlike N matvecs). */
 #define LSTMX_MATMAT(T, SFX, V, ATTR)                                          \
 static ATTR void matmat_##SFX##V(ptrdiff_t M, ptrdiff_t K,                    \
                                      const T *restrict W, ptrdiff_t N,        \
@@ -386,8 +382,9 @@ LSTMX_DOTS(double, f64, 4)
 
 /* ---- recurrent products of many sequences: a GEMM on W_h packed once ---- */
 
-/* With more than a few sequences a step's recurrent product is a GEMM,
- * C (N, M) = A (N, K) B, the same B (W_h or W_h^T) at every step. BLAS
+/* With several sequences a step's recurrent product is a GEMM,
+ * C (N, M) = A (N, K) B, the same B (W_h or W_h^T) at every step (also used
+ * once per call on W_x^T, for a split single sequence's projection). BLAS
  * packs B anew at every call (sgemm_*copy was 11% of big_infer and 21% of
  * seed_train); here B is packed once per recurrence into panels of NR
  * columns, P[p][k][c] = B[k][p NR + c] (zeros past the last column), and
@@ -409,11 +406,7 @@ static inline LSTMX_INLINE void tile_##SFX(ptrdiff_t K, const int mr,         \
                                            T *restrict C, ptrdiff_t ldc,      \
                                            ptrdiff_t nc)                      \
 {                                                                             \
-    vec_##SFX lo[LSTMX_MR], hi[LSTMX_MR];                                     \
-    for (int r = 0; r < LSTMX_MR; r++) {                                      \
-        lo[r] = (vec_##SFX){0};                                               \
-        hi[r] = (vec_##SFX){0};                                               \
-    }                                                                         \
+    vec_##SFX lo[LSTMX_MR] = {{0}}, hi[LSTMX_MR] = {{0}};                     \
     for (ptrdiff_t k = 0; k < K; k++) {                                       \
         vec_##SFX b0 = load_##SFX(P + k * 2 * LANES);                         \
         vec_##SFX b1 = load_##SFX(P + k * 2 * LANES + LANES);                 \
@@ -446,11 +439,7 @@ static inline LSTMX_INLINE void row_##SFX(ptrdiff_t K, const int np,          \
                                           T *const *Cq, const ptrdiff_t *nc)  \
 {                                                                             \
     const ptrdiff_t NR = 2 * LANES;                                           \
-    vec_##SFX lo[LSTMX_MR], hi[LSTMX_MR];                                     \
-    for (int q = 0; q < LSTMX_MR; q++) {                                      \
-        lo[q] = (vec_##SFX){0};                                               \
-        hi[q] = (vec_##SFX){0};                                               \
-    }                                                                         \
+    vec_##SFX lo[LSTMX_MR] = {{0}}, hi[LSTMX_MR] = {{0}};                     \
     for (ptrdiff_t k = 0; k < K; k++) {                                       \
         T a = A[k];                                                           \
         for (int q = 0; q < np; q++) {                                        \
@@ -558,7 +547,7 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
     ptrdiff_t Nt = N % LSTMX_MR == 1 ? N - 1 : N;                             \
     /* 2 or 3 rows left after 6-row tiles keep 4 or 6 accumulators, each FMA  \
      * waiting on the one before: the last 8 or 9 rows run as 4+4 or 5+4      \
-     * (big_infer's and seed_train's 32 rows a thread: 5 tiles of 6 and 2) */ \
+     * (big_infer's and seed_train's 32 rows a thread: 4 tiles of 6, 4, 4)  */ \
     ptrdiff_t r = Nt % LSTMX_MR;                                              \
     ptrdiff_t N6 = (r == 2 || r == 3) && Nt >= LSTMX_MR + r ? Nt - LSTMX_MR - r \
                                                              : Nt;            \
@@ -602,7 +591,8 @@ LSTMX_PACK(double, f64, 4)
  * classes are not read. EXPS(C, zr, m, d) writes d[j] = exp(zr[j] - m).
  * The maximum and the sum run in 8 interleaved partials (a sum in order,
  * one add waiting on the other, was a third of the kernel at C = 44), then
- * combined in a fixed order: the same bits in every build. A NaN in a row
+ * combined in a fixed order, the same in every build (float32's exps still
+ * round differently with and without FMA). A NaN in a row
  * gives NaN through its exp. */
 #define LSTMX_SOFTMAX_XENT(T, SFX, V, ATTR, EXPS)                             \
 static ATTR double softmax_xent_##SFX##V(                                     \
@@ -678,7 +668,8 @@ static ATTR void activations_f32##V(ptrdiff_t n, const float *restrict z,    \
     }                                                                         \
 }
 
-/* (the float32 cell forward and activations are built per target below) */
+/* (the float32 cell forward, matmat and softmax, and the activations, are
+ * built per target below) */
 #define LSTMX_KERNELS(V, ATTR)                                                \
     LSTMX_CELL_FORWARD(double, f64, V, ATTR)                                  \
     LSTMX_CELL_BACKWARD(float, f32, V, ATTR)                                  \
@@ -789,7 +780,7 @@ static LSTMX_FMA void activations_f32_fma(ptrdiff_t n, const float *restrict z,
     }
 }
 
-/* matmat on 8 rows at a time (float32, one or a few sequences): a row's 8
+/* matmat on 8 rows at a time (float32, one sequence): a row's 8
  * lanes of products accumulate over k in one register, and the 8 rows' sums
  * across lanes come out of one transposing tree of horizontal adds (per
  * row ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), then the k past
@@ -952,6 +943,16 @@ void lstmx_activations_f32(ptrdiff_t n, const float *z, float *e, float *s,
 #include <sched.h>
 #include <time.h>
 
+/* Spin until *p == v (acquire), yielding now and then, so that a thread
+ * descheduled on a busy machine is not starved by its partner. */
+static void spin_until(const int *p, int v)
+{
+    for (unsigned spins = 1; __atomic_load_n(p, __ATOMIC_ACQUIRE) != v; spins++) {
+        if (spins % 4096 == 0)
+            sched_yield();
+    }
+}
+
 /* Sense-reversing barrier over b[0] (arrivals) and b[1] (sense), both 0 at
  * first; *sense is the caller's own, 0 at first. Waiters spin (the wait is
  * a step of a few microseconds) and yield now and then, so that a thread
@@ -965,10 +966,7 @@ void lstmx_barrier_wait(int *b, int nthreads, int *sense)
         __atomic_store_n(&b[1], s, __ATOMIC_RELEASE);
         return;
     }
-    for (unsigned spins = 1; __atomic_load_n(&b[1], __ATOMIC_ACQUIRE) != s; spins++) {
-        if (spins % 4096 == 0)
-            sched_yield();
-    }
+    spin_until(&b[1], s);
 }
 
 /* ---- the second thread of a pair of jobs (_lstm.run_pair) --------------- */
@@ -1067,10 +1065,6 @@ void lstmx_worker_post(struct lstmx_worker *w, void (*fn)(void *), void *arg)
  * own half of the work). */
 void lstmx_worker_wait(struct lstmx_worker *w)
 {
-    int posted = w->posted;
-    for (unsigned spins = 1; __atomic_load_n(&w->done, __ATOMIC_ACQUIRE) != posted; spins++) {
-        if (spins % 4096 == 0)
-            sched_yield();
-    }
+    spin_until(&w->done, w->posted);
 }
 #endif

@@ -20,8 +20,8 @@
 LSTMX_DECLARE_CELL(float, f32)
 LSTMX_DECLARE_CELL(double, f64)
 
-/* Recurrent matrix-vector products of one step, for one or a few
- * sequences (see _cell.c). */
+/* Recurrent matrix-vector products of one step on W_h as it is (see
+ * _cell.c). */
 #define LSTMX_DECLARE_MATMAT(T, SFX)                                          \
     void lstmx_matmat_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W,            \
                             ptrdiff_t N, const T *X, ptrdiff_t ldx, T *Y,    \
