@@ -238,15 +238,19 @@ def test_num_threads_from_the_environment():
         assert ("not a positive integer" in out.stderr) == (value == "zero")
 
 
+def _tiny_forward_args(T=3, N=1, I=2, H=4):
+    """lstm_forward's arguments up to rec, float64 zeros, for inference."""
+    z = np.zeros
+    return (z((T, N, I)), z((4 * H, I)), z((4 * H, H)), z(4 * H), z(3 * H),
+            np.full(N, T, np.intc), False, z((2, N, H)), z((N, H)), z((T, N, H)), 0,
+            z((T, N, 4 * H)), z((0, 0, 0)), z((0, 0, 0)), z((N, 4 * H)))
+
+
 @pytest.mark.parametrize("part, nparts", [(0, 0), (1, 1), (-1, 2), (2, 2)])
 def test_lstm_forward_refuses_a_part_outside_its_parts(part, nparts):
     """Checked before any index is computed from them (nparts 0 would
     divide by zero, part 1 of 1 would run units past H)."""
-    T, N, I, H = 3, 1, 2, 4
-    z = np.zeros
-    args = (z((T, N, I)), z((4 * H, I)), z((4 * H, H)), z(4 * H), z(3 * H),
-            np.full(N, T, np.intc), False, z((2, N, H)), z((N, H)), z((T, N, H)), 0,
-            z((T, N, 4 * H)), z((0, 0, 0)), z((0, 0, 0)), z((N, 4 * H)))
+    args = _tiny_forward_args()
     with pytest.raises(ValueError, match="part"):
         lstmx._lstm.lstm_forward(*args, part, nparts, np.zeros(2, np.intc))
 
@@ -256,6 +260,21 @@ def test_an_unprepared_job_is_refused():
         lstmx._lstm.Job().run()
     with pytest.raises(ValueError, match="defer=True"):
         lstmx._lstm.run_pair(lstmx._lstm.Job(), lstmx._lstm.Job())
+
+
+@needs_split
+def test_a_job_that_would_wait_forever_is_refused():
+    """A part of a split recurrence run alone would wait at its first
+    barrier for a partner that never comes; a job paired with itself would
+    run on two threads into the same buffers."""
+    args = _tiny_forward_args()
+    part = lstmx._lstm.lstm_forward(*args, 0, 2, np.zeros(2, np.intc), defer=True)
+    with pytest.raises(ValueError, match="run_pair"):
+        part.run()
+    whole = lstmx._lstm.lstm_forward(*args, defer=True)
+    with pytest.raises(ValueError, match="same job"):
+        lstmx._lstm.run_pair(whole, whole)
+    whole.run()                       # alone, it runs
 
 
 @pytest.mark.parametrize("nparts", [2, 3])
@@ -312,7 +331,7 @@ def test_head_halved_gives_what_one_thread_gives(N, rng, monkeypatch):
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_a_chosen_split_gives_the_bits_of_one_thread(bidirectional, hidden, dtype, rng,
                                                      monkeypatch):
-    """One sequence, W_h up to lstm.CHOOSE_MAX_BYTES: the run may switch
+    """One sequence, W_h up to _lstm.ONE_PACKED_MAX_BYTES: the run may switch
     between the units split and no split from call to call (lstm._Chooser),
     so both must give exactly the same outputs, state and gradients."""
     net = Arch(6, hidden, num_layers=2, bidirectional=bidirectional, peephole=True,
@@ -385,7 +404,7 @@ def test_matmat_rows_sum_alike_in_any_group(dtype, K, rng):
 @needs_split
 def test_the_chooser_is_asked_only_for_a_small_single_sequence(rng, monkeypatch):
     """lstm._Chooser decides for one sequence split by units with W_h up to
-    lstm.CHOOSE_MAX_BYTES; every such run reports its time to it."""
+    _lstm.ONE_PACKED_MAX_BYTES; every such run reports its time to it."""
     asked, told = [], []
     monkeypatch.setattr(lstm_module._Chooser, "choose", lambda self: asked.append(1) or None)
     monkeypatch.setattr(lstm_module._Chooser, "record",

@@ -13,8 +13,9 @@ t = lengths[n] - 1, ..., 0. At step s, sequence n is active when
 s < lengths[n]; inactive sequences keep their state and get no output.
 
 The Python layer validates every shape before calling: bounds checks are off.
-The caller passes the workspaces; only a packed W_h is allocated here, once
-per call (a Job's, freed with it).
+The caller passes the workspaces; only a packed W_h (and, for a split single
+sequence's projection, a packed W_x) is allocated here, once per call (a
+Job's, freed with it).
 """
 import ctypes
 import os
@@ -126,14 +127,16 @@ cdef inline Py_ssize_t _time(Py_ssize_t s, Py_ssize_t length, bint reverse) noex
 # --------------------------------------------------------------------------
 # forward
 
-# Up to this many sequences, a step's recurrent product is _cell.c's matmat
-# (W_h read as it is); beyond, its packed GEMM (W_h packed once per call,
+# Up to this many sequences a step's recurrent product is _cell.c's matmat
+# (W_h read as it is), except a single sequence's forward step with W_h up
+# to ONE_PACKED_MAX_BYTES; beyond, its packed GEMM (W_h packed once per call,
 # each packed weight reused from registers across 6 sequences). Measured,
 # float32, ms (matmat / packed GEMM), bidirectional, each direction on one
 # thread: predict H=64 T=200 N=2 0.89/0.75, N=4 1.34/1.26, N=8 3.21/2.33;
 # H=320 T=50 N=2 3.24/3.22, N=4 5.26/4.00, N=8 10.2/6.7; backward H=64
 # T=200 N=1 1.21/1.14, N=4 3.03/2.65, N=8 5.62/4.80; H=320 T=50 N=4
-# 10.7/9.4.
+# 10.7/9.4. (Backward of one sequence measured slightly faster packed, but
+# within the noise of that day; it stays on matmat_t.)
 cdef Py_ssize_t SMALL_N = 1
 
 # One sequence's forward step takes the packed GEMM's one-row kernel
@@ -210,10 +213,10 @@ cdef inline void _gemv_packed(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
 
 
 cdef floating* _alloc(Py_ssize_t n, const floating* like) except NULL:
-    """n elements for a packed W_h, freed by the caller (like: the dtype)."""
+    """n elements for a packed weight, freed by the caller (like: the dtype)."""
     cdef floating* p = <floating*>malloc(max(n, 1) * sizeof(floating))
     if p == NULL:
-        raise MemoryError(f"could not allocate {n * sizeof(floating)} bytes for a packed W_h")
+        raise MemoryError(f"could not allocate {n * sizeof(floating)} bytes for a packed weight")
     return p
 
 
@@ -293,12 +296,35 @@ cdef class Job:
 
     def run(self):
         self._check()
+        if self.args.barrier != NULL:
+            raise ValueError("job: a part of a split recurrence meets its partners at every "
+                             "step; run the parts at once with run_pair")
+        self._go()
+
+    cdef void _go(self):
+        """Run the checked call, the GIL released."""
         with nogil:
             _run_job(&self.args)
 
     def _check(self):
         if self.keep is None:
             raise ValueError("job: not a prepared call (make one with defer=True)")
+
+
+cdef _check_part(int part, int nparts):
+    if not 0 <= part < nparts:
+        raise ValueError(f"part, nparts: expected 0 <= part < nparts, got {part}, {nparts}")
+
+
+cdef Job _new_job(int kind, bint dbl, tuple keep, int part=0, int nparts=1):
+    """A job of this kind with its common fields set (part checked); the
+    caller sets the rest of its arguments."""
+    _check_part(part, nparts)
+    cdef Job job = Job()
+    job.keep = keep
+    job.args.kind, job.args.dbl = kind, dbl
+    job.args.part, job.args.nparts = part, nparts
+    return job
 
 
 cdef void _project(Py_ssize_t R, Py_ssize_t I, Py_ssize_t H, Py_ssize_t u0,
@@ -327,10 +353,7 @@ def lstm_project(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     caller holds it to one where two projections run at once).
     With defer, returns the call as a Job (see run_pair) instead.
     """
-    cdef Job job = Job()
-    job.keep = (x, w_x, gates)
-    job.args.kind = _PROJECT
-    job.args.dbl = floating is double
+    cdef Job job = _new_job(_PROJECT, floating is double, (x, w_x, gates))
     job.args.R = x.shape[0] * x.shape[1]
     job.args.I = x.shape[2]
     job.args.H = w_x.shape[0] // 4
@@ -502,8 +525,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     cdef floating* c_all_p = &c_all[0, 0, 0] if c_all.shape[0] else NULL
     cdef floating* h_prev_p = &h_prev_all[0, 0, 0] if h_prev_all.shape[0] else NULL
     cdef int* barrier_p = NULL
-    if not 0 <= part < nparts:
-        raise ValueError(f"part, nparts: expected 0 <= part < nparts, got {part}, {nparts}")
+    _check_part(part, nparts)
     if nparts > 1 and not LSTMX_HAVE_BARRIER:
         raise ValueError("nparts > 1 needs the barrier of _cell.c, not built here")
     if nparts > 1 and (barrier is None or barrier.shape[0] < 2):
@@ -516,18 +538,16 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
         n1 = N
     if not (0 <= n0 < n1 <= N) or ((n0 or n1 != N) and (nparts > 1 or x_p != NULL)):
         raise ValueError("n0, n1: a range of sequences, with nparts == 1 and x empty")
-    cdef Job job = Job()
-    job.keep = (x, w_x, w_h, bias, peep, lengths, h_buf, c, out, gates, c_all,
-                h_prev_all, rec, barrier)
+    cdef Job job = _new_job(_FORWARD, floating is double,
+                            (x, w_x, w_h, bias, peep, lengths, h_buf, c, out, gates, c_all,
+                             h_prev_all, rec, barrier), part, nparts)
     nseq = n1 - n0 if nparts == 1 else N
     if nseq > SMALL_N or (nseq == SMALL_N == 1 and 4 * (u1 - u0) * H * sizeof(floating)
                           <= ONE_PACKED_MAX_BYTES):
         job.args.owned = _alloc(4 * _packed_size(u1 - u0, H, &w_h[0, 0]), &w_h[0, 0])
-    job.args.kind = _FORWARD
-    job.args.dbl = floating is double
     job.args.T, job.args.N, job.args.I, job.args.H = T, N, I, H
     job.args.u0, job.args.u1, job.args.n0, job.args.n1 = u0, u1, n0, n1
-    job.args.part, job.args.nparts, job.args.reverse = part, nparts, reverse
+    job.args.reverse = reverse
     job.args.flag = project_whole and x_p != NULL
     if job.args.flag:
         job.args.owned_x = _alloc(_packed_size(4 * H, I, &w_h[0, 0]), &w_h[0, 0])
@@ -660,17 +680,15 @@ def lstm_backward(const floating[:, ::1] w_h, const floating[::1] peep,
     With defer, returns the call as a Job (see run_pair) instead.
     """
     cdef Py_ssize_t T = gates.shape[0], N = gates.shape[1], H = w_h.shape[1]
-    cdef Job job = Job()
     if n1 < 0:
         n1 = N
     if not 0 <= n0 < n1 <= N:
         raise ValueError("n0, n1: a range of sequences")
-    job.keep = (w_h, peep, lengths, c0, gates, c_all, dout, dh_n, dc_n, dbias, dpeep,
-                dh0, dc0, dgates, drec, dh_rec)
+    cdef Job job = _new_job(_BACKWARD, floating is double,
+                            (w_h, peep, lengths, c0, gates, c_all, dout, dh_n, dc_n, dbias,
+                             dpeep, dh0, dc0, dgates, drec, dh_rec))
     if n1 - n0 > SMALL_N:
         job.args.owned = _alloc(_packed_size(H, 4 * H, &w_h[0, 0]), &w_h[0, 0])
-    job.args.kind = _BACKWARD
-    job.args.dbl = floating is double
     job.args.T, job.args.N, job.args.H, job.args.n0, job.args.n1 = T, N, H, n0, n1
     job.args.reverse = reverse
     job.args.w_h = <void*>&w_h[0, 0]
@@ -735,15 +753,11 @@ def lstm_backward_weights(const floating[:, :, ::1] x,
     with BLAS on one thread. With defer, returns the call as a Job (see
     run_pair) instead.
     """
-    cdef Job job = Job()
-    if not 0 <= part < nparts:
-        raise ValueError("part: expected 0 <= part < nparts")
-    job.keep = (x, w_x, h_prev_all, dgates, dw_x, dw_h, dx)
-    job.args.kind = _WEIGHTS
-    job.args.dbl = floating is double
+    cdef Job job = _new_job(_WEIGHTS, floating is double,
+                            (x, w_x, h_prev_all, dgates, dw_x, dw_h, dx), part, nparts)
     job.args.R = x.shape[0] * x.shape[1]
     job.args.I, job.args.G, job.args.H = x.shape[2], dgates.shape[2], h_prev_all.shape[2]
-    job.args.part, job.args.nparts, job.args.flag = part, nparts, accumulate_dx
+    job.args.flag = accumulate_dx
     job.args.x = <void*>&x[0, 0, 0]
     job.args.w_x = <void*>&w_x[0, 0]
     job.args.h_prev_all = <void*>&h_prev_all[0, 0, 0]
@@ -834,6 +848,8 @@ def run_pair(Job a, Job b):
     cdef _Args* b_args = &b.args
     a._check()
     b._check()
+    if a is b:
+        raise ValueError("run_pair: a and b are the same job (a job runs once at a time)")
     if _worker_lock.acquire(False):
         try:
             w = _get_worker()
@@ -848,16 +864,17 @@ def run_pair(Job a, Job b):
     second = threading.Thread(target=_run_held, args=(b,), name="lstmx-pair", daemon=True)
     second.start()
     try:
-        a.run()
+        a._go()
     finally:
         second.join()
 
 
 def _run_held(Job job):
-    """job.run() with this thread's BLAS held to one thread (_threads)."""
+    """Run job (checked by run_pair) with this thread's BLAS held to one
+    thread (_threads)."""
     from ._threads import blas_held
     with blas_held():
-        job.run()
+        job._go()
 
 
 # --------------------------------------------------------------------------
@@ -900,19 +917,6 @@ cdef void _linear_back(Py_ssize_t R, Py_ssize_t K, Py_ssize_t O, int part,
             db[j] += row[j]
 
 
-cdef Job _head_job(int kind, bint dbl, Py_ssize_t R, Py_ssize_t K, Py_ssize_t O,
-                   int part, int nparts, tuple keep):
-    """A head job's common fields (its arrays' pointers are the caller's)."""
-    if not 0 <= part < nparts:
-        raise ValueError(f"part, nparts: expected 0 <= part < nparts, got {part}, {nparts}")
-    cdef Job job = Job()
-    job.keep = keep
-    job.args.kind, job.args.dbl = kind, dbl
-    job.args.R, job.args.I, job.args.G = R, K, O
-    job.args.part, job.args.nparts = part, nparts
-    return job
-
-
 def linear_forward(const floating[:, ::1] h, const floating[:, ::1] w,
                    const floating[::1] b, floating[:, ::1] y, int part=0,
                    int nparts=1, bint defer=False):
@@ -924,8 +928,8 @@ def linear_forward(const floating[:, ::1] h, const floating[:, ::1] w,
     if (w.shape[1] != h.shape[1] or b.shape[0] != w.shape[0]
             or y.shape[0] != h.shape[0] or y.shape[1] != w.shape[0]):
         raise ValueError("h (R, K), w (O, K), b (O,) and y (R, O) expected")
-    cdef Job job = _head_job(_LINEAR, floating is double, h.shape[0], h.shape[1],
-                             w.shape[0], part, nparts, (h, w, b, y))
+    cdef Job job = _new_job(_LINEAR, floating is double, (h, w, b, y), part, nparts)
+    job.args.R, job.args.I, job.args.G = h.shape[0], h.shape[1], w.shape[0]
     job.args.x = <void*>&h[0, 0]
     job.args.w_x = <void*>&w[0, 0]
     job.args.bias = <void*>&b[0]
@@ -948,8 +952,9 @@ def linear_backward(const floating[:, ::1] h, const floating[:, ::1] w,
             or dw.shape[0] != w.shape[0] or dw.shape[1] != w.shape[1]
             or db.shape[0] != w.shape[0]):
         raise ValueError("h (R, K), w (O, K), dy (R, O), dh (R, K), dw (O, K) and db (O,) expected")
-    cdef Job job = _head_job(_LINEAR_BACK, floating is double, h.shape[0], h.shape[1],
-                             w.shape[0], part, nparts, (h, w, dy, dh, dw, db))
+    cdef Job job = _new_job(_LINEAR_BACK, floating is double, (h, w, dy, dh, dw, db), part,
+                            nparts)
+    job.args.R, job.args.I, job.args.G = h.shape[0], h.shape[1], w.shape[0]
     job.args.x = <void*>&h[0, 0]
     job.args.w_x = <void*>&w[0, 0]
     job.args.gates = <void*>&dy[0, 0]
@@ -964,14 +969,17 @@ def _matvec_seconds(const floating[:, ::1] w, const floating[::1] x,
     """Benchmark hook (bench/floors.py): seconds taken by ``repeats``
     products y = w x with a single sequence's step kernel, the GIL
     released: _cell.c's matmat, or with packed its packed GEMM (w packed
-    once, before the clock starts). w (M, K), x (K,), y (M,)."""
+    once, before the clock starts). w (M, K), x (K,), y (M,). The tests use
+    it to run matmat on its own too."""
     if x.shape[0] != w.shape[1] or y.shape[0] != w.shape[0] or repeats < 1:
         raise ValueError("w (M, K), x (K,), y (M,) and repeats >= 1 expected")
     cdef Py_ssize_t M = w.shape[0], K = w.shape[1]
     cdef int r
-    cdef floating* P = _alloc(_packed_size(M, K, &w[0, 0]), &w[0, 0])
+    cdef floating* P = NULL
     try:
-        _pack(M, K, &w[0, 0], K, 1, P)
+        if packed:
+            P = _alloc(_packed_size(M, K, &w[0, 0]), &w[0, 0])
+            _pack(M, K, &w[0, 0], K, 1, P)
         start = time.perf_counter()
         with nogil:
             for r in range(repeats):

@@ -69,12 +69,6 @@ SPLIT_BATCH_MAX_BYTES = 8 * 1024 * 1024
 # halves): H=64 N=2 1.02/1.28, N=4 1.75/1.76, N=8 4.02/3.30, N=32 16.9/10.4;
 # H=16 N=8 0.72/1.06; H=512 N=64 T=50 362/210.
 BACKWARD_SPLIT_MIN_FLOPS = 256 * 1024
-# A single sequence's recurrence split by units (SPLIT_MIN_BYTES) with at
-# most this many bytes of W_h also runs unsplit from time to time, and the
-# faster way is kept (see _Chooser). Above, one thread reads W_h from L3
-# and is the slower way whatever the machine does (seed_infer, 1.6 MB:
-# 41-51 ms on one thread against 20-28 ms split).
-CHOOSE_MAX_BYTES = 512 * 1024
 # The head's products are halved between two threads from this many
 # multiply-adds a product (R T*N rows times D*H times O).
 HEAD_SPLIT_MIN_MACS = 1 << 20
@@ -544,9 +538,15 @@ class LSTM:
         # calls set_num_threads meanwhile
         threads = get_num_threads()
         split = self._split(N, threads)
-        # a split that the chooser may undo: its parts must give one
-        # thread's bits (project_whole: the projection on lstmx's packed GEMM)
-        chosen = split == "units" and N == 1 and 4 * H * H * dt.itemsize <= CHOOSE_MAX_BYTES
+        # A single sequence split by units whose W_h fits the one-row kernel
+        # (_lstm.ONE_PACKED_MAX_BYTES, whole and so each half) also runs
+        # unsplit from time to time, and the faster way is kept (_Chooser);
+        # both ways run that kernel and, with project_whole, give the same
+        # bits. Above, one thread reads W_h from L3 and is the slower way
+        # whatever the machine does (seed_infer, 1.6 MB: 41-51 ms on one
+        # thread against 20-28 ms split).
+        chosen = (split == "units" and N == 1
+                  and 4 * H * H * dt.itemsize <= _lstm.ONE_PACKED_MAX_BYTES)
         if chosen:
             split = self._chooser.choose()
             started = time.perf_counter()
