@@ -68,6 +68,14 @@ def floor_seconds(w, peak_gflops):
     return gemm + recurrence, gemm, recurrence
 
 
+def ms(t):
+    return f"{t * 1e3:9.2f}" if t else f"{'-':>9}"
+
+
+def ratio(a, b, width):
+    return f"{a / b:{width}.2f}" if b else f"{'-':>{width}}"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workloads", nargs="*", default=list(_bench.WORKLOADS))
@@ -85,12 +93,6 @@ def main(argv=None):
         torch = _bench.time_min(torch, args.seconds) if torch else None
         ort = _bench.onnxruntime_runner(w)
         ort = _bench.time_min(ort, args.seconds) if ort else None
-
-        def ms(t):
-            return f"{t * 1e3:9.2f}" if t else f"{'-':>9}"
-
-        def ratio(a, b, width):
-            return f"{a / b:{width}.2f}" if b else f"{'-':>{width}}"
 
         print(f"{name:<13}{ms(floor)}{ms(gemm)}{ms(recurrence)}{ms(lstmx)}{ms(torch)}{ms(ort)}"
               f"{ratio(floor, torch, 12)}{ratio(floor, ort, 10)}{ratio(lstmx, floor, 12)}", flush=True)

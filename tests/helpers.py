@@ -3,8 +3,13 @@
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 
+import lstmx
 from reference import reference_forward
+
+# tests of a recurrence split between two threads need _cell.c's barrier
+needs_split = pytest.mark.skipif(not lstmx._lstm.can_split(), reason="no barrier in this build")
 
 # Absolute tolerances against the float64 reference run on the net's own weights.
 FORWARD_ATOL = {np.float64: 1e-10, np.float32: 1e-5}

@@ -38,7 +38,7 @@ def test_bench_missing_peers_are_dashes(capsys, monkeypatch):
     monkeypatch.setattr(_bench, "torch_runner", lambda w: None)
     monkeypatch.setattr(_bench, "onnxruntime_runner", lambda w, peephole=True: None)
     monkeypatch.setattr(_bench, "sgemm_peak", lambda n, seconds: 100.0)
-    monkeypatch.setattr(_bench, "time_blocks", lambda runs, seconds, min_blocks: [[1e-3]] * len(runs))
+    monkeypatch.setattr(_bench, "time_blocks", lambda runs, seconds, block, min_blocks: [[1e-3]] * len(runs))
     assert cli.main(["bench", "--quick", "--workload", "small_infer"]) == 0
     out = capsys.readouterr().out
     (row,) = [line for line in out.splitlines() if line.startswith("small_infer")]

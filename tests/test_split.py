@@ -13,9 +13,7 @@ import pytest
 
 import lstmx
 import lstmx.lstm as lstm_module
-from helpers import Arch, random_state, random_x, run_reference
-
-needs_split = pytest.mark.skipif(not lstmx._lstm.can_split(), reason="no barrier in this build")
+from helpers import Arch, needs_split, random_state, random_x, run_reference
 
 
 @pytest.fixture

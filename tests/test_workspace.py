@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 
 import lstmx
-from helpers import Arch, random_x
-
-needs_split = pytest.mark.skipif(not lstmx._lstm.can_split(), reason="no barrier in this build")
+from helpers import Arch, needs_split, random_x
 
 
 def _fresh_predict(net, x, lengths):
@@ -107,6 +105,7 @@ def test_training_reuses_buffers_of_freed_caches(rng):
         np.testing.assert_array_equal(flat, g.flat)
         np.testing.assert_array_equal(dx, g.x)
         np.testing.assert_array_equal(state[0], g.state[0])
+        np.testing.assert_array_equal(state[1], g.state[1])
 
 
 def test_live_caches_keep_their_arrays(rng):

@@ -246,6 +246,7 @@ def run_all(names=None, quick=False, out=print):
                 "torch": torch_runner(w), "onnxruntime": onnxruntime_runner(w)}
         present = [k for k, run in runs.items() if run is not None]
         blocks = dict(zip(present, time_blocks([runs[k] for k in present], seconds,
+                                               block=0.1 if quick else 0.25,
                                                min_blocks=3 if quick else 5)))
         row = {"workload": name}
         row.update({k: min(blocks[k]) if k in blocks else None for k in runs})

@@ -390,9 +390,9 @@ def _bench(args):
     peepholes and without ('plain'), torch and onnxruntime ('-' when not
     installed or not applicable), the ratios lstmx/peer, and lstmx's GFLOP/s
     (matrix products only) against the sgemm peak measured first. The runs
-    alternate in blocks of about 50 ms; a ratio is the median over blocks of
-    the two best times in the same block, so that a slow stretch of the
-    machine weighs on both sides of it.
+    alternate in blocks of about 0.25 s (0.1 s with --quick); a ratio is
+    the median over blocks of the two best times in the same block, so that
+    a slow stretch of the machine weighs on both sides of it.
 
     Machines are noisy: compare runs on the same machine, and report them
     with 'lstmx info'.

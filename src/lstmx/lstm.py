@@ -213,7 +213,7 @@ class _Pool:
 
     def take(self, shape):
         n = math.prod(shape)
-        pad = _ALIGN // self.dtype.itemsize - 1      # room to start on a line
+        pad = _line_room(self.dtype)
         with self.lock:
             # free is sorted by size: the first at least n is the best fit
             i = bisect.bisect_left(self.free, n + pad, key=_size)
@@ -245,6 +245,11 @@ _size = operator.attrgetter("size")
 _ALIGN = 64
 
 
+def _line_room(dtype):
+    """Elements past n that a buffer needs for n elements to start on a line."""
+    return _ALIGN // dtype.itemsize - 1
+
+
 def _aligned_view(buf, n):
     """The first n elements of 1-D buf (at least n + _ALIGN/itemsize - 1
     long) from its first address on a cache line."""
@@ -256,7 +261,7 @@ def _aligned_zeros(shape, dtype):
     """Zeros of this shape starting on a cache line (see _ALIGN)."""
     dtype = np.dtype(dtype)
     n = math.prod(shape)
-    return _aligned_view(np.zeros(n + _ALIGN // dtype.itemsize - 1, dtype), n).reshape(shape)
+    return _aligned_view(np.zeros(n + _line_room(dtype), dtype), n).reshape(shape)
 
 
 class _Chooser:
@@ -269,7 +274,7 @@ class _Chooser:
     shared development VM that round trip measured 60-150 ns in some
     stretches and about 600 ns in others, each lasting from a fraction of a
     second to seconds: small_infer split ran in 1.0-1.3 ms in the first,
-    2.3-2.5 ms in the second, and on one thread in 1.45-1.55 ms in both.
+    1.8-2.5 ms in the second, and on one thread in 1.45-1.55 ms in both.
     So the split runs while it is no slower than the best it has done by
     SLOWER; then, and every PROBE_EVERY calls while unsplit, the other way
     runs once, and whichever was faster in its last call is kept. Both
@@ -379,6 +384,10 @@ class LSTM:
         self.flat = np.empty(offset, dtype=self.dtype)
         self.params = NamedArrays(self.flat, self._named_views(self.flat))
         self._packed = [slot.packed(self.flat) for slot in self._slots]
+        # the head's (W, b) as the kernels take them
+        self._fc = None
+        if self.output_size is not None:
+            self._fc = (_view(self.flat, *self._fc_w), _view(self.flat, *self._fc_b))
         self._pool = _Pool(self.dtype)
         self._chooser = _Chooser()
         self._no_peep = np.zeros(3 * H, dtype=self.dtype)
@@ -519,9 +528,11 @@ class LSTM:
         check_blas_size(T * N * widest)
         lengths, ragged = as_lengths(lengths, T, N)
         h, c = as_state(state, "state", self.num_layers * D, N, H, self.dtype, unbatched, check_finite)
-        c_lines = _aligned_zeros(c.shape, self.dtype)   # written by both parts of a split
-        c_lines[...] = c
-        return x, unbatched, lengths, ragged, h, c_lines
+        if c.ctypes.data % _ALIGN:      # written by both parts of a split: on a line
+            c_lines = _aligned_zeros(c.shape, self.dtype)
+            c_lines[...] = c
+            c = c_lines
+        return x, unbatched, lengths, ragged, h, c
 
     def _run(self, x, lengths, ragged, h, c, training):
         """Forward through every layer. h, c (L*D, N, H) are updated in place
@@ -628,8 +639,7 @@ class LSTM:
             self._chooser.record(split, (time.perf_counter() - started) / (T * L))
         top = y = inp
         if self.output_size is not None:
-            w_fc = _view(self.flat, *self._fc_w)
-            b_fc = _view(self.flat, *self._fc_b)
+            w_fc, b_fc = self._fc
             y = np.empty((T, N, self.output_size), dt)
             args = (top.reshape(T * N, D * H), w_fc, b_fc, y.reshape(T * N, -1))
             if self._split_head(T * N, threads):
@@ -726,7 +736,7 @@ class LSTM:
             Refuse NaN or inf in dy and dstate.
         input_grad : bool
             Compute dL/dx (``grads.x``). False skips the first layer's dX
-            GEMM (a tenth of a training step's flops at the seed network's
+            GEMM (7% of a training step's flops at the seed network's
             sizes) and leaves ``grads.x`` None: for training, where x is
             data.
 
@@ -757,6 +767,7 @@ class LSTM:
         if not isinstance(input_grad, (bool, np.bool_)):
             raise TypeError(f"input_grad: expected a bool, got {type(input_grad).__name__}")
         flat = np.zeros_like(self.flat)
+        grad_parts = [slot.packed(flat) for slot in self._slots]   # (dw_x, dw_h, dbias, dpeep)
         pool = self._pool
         temps = []      # from the pool, given back at the end
 
@@ -772,7 +783,7 @@ class LSTM:
                 dtop = dy
             else:
                 dtop = take((T, N, D * H))
-                args = (cache.top.reshape(T * N, D * H), _view(self.flat, *self._fc_w),
+                args = (cache.top.reshape(T * N, D * H), self._fc[0],
                         dy.reshape(T * N, -1), dtop.reshape(T * N, D * H),
                         _view(flat, *self._fc_w), _view(flat, *self._fc_b))
                 if self._split_head(T * N, threads):
@@ -802,7 +813,7 @@ class LSTM:
                     # a job: direction d's BPTT recurrence, or its sequences n0..n1-1
                     k = layer * D + d
                     _, w_h, _, peep = self._kernel_params(k)
-                    _, _, dbias, dpeep = self._slots[k].packed(flat)
+                    _, _, dbias, dpeep = grad_parts[k]
                     if n0 > 0:
                         # a halved batch's second half: its own sums, added after
                         dbias, dpeep = sums[1]
@@ -819,7 +830,7 @@ class LSTM:
                     # dW_x, dW_h and dX as GEMMs over all steps, or a part of
                     # their rows
                     k = layer * D + d
-                    dw_x, dw_h, _, _ = self._slots[k].packed(flat)
+                    dw_x, dw_h, _, _ = grad_parts[k]
                     return _lstm.lstm_backward_weights(inp, self._kernel_params(k)[0], record[d][2],
                                                        work[d][0], dw_x, dw_h, dinp[d], False,
                                                        part, nparts, defer=True)
@@ -836,7 +847,7 @@ class LSTM:
                     # then half of the rows of each weight gradient
                     _pair(recurrence(0, halves[0], halves[1]),
                           recurrence(0, halves[1], halves[2]), threads)
-                    dbias, dpeep = self._slots[layer].packed(flat)[2:]
+                    dbias, dpeep = grad_parts[layer][2:]    # (one direction: k = layer)
                     dbias += sums[1][0]
                     if dpeep is not None:
                         dpeep += sums[1][1]
