@@ -153,11 +153,20 @@ def test_a_copied_cache_outlives_its_original(rng):
     R = rng.standard_normal((5, 3, 2))
     _, cache = net.forward(x)
     expected = net.backward(R, cache).flat
-    kept = copy.copy(cache)
+    shallow = copy.copy(cache)
+    free = len(net._pool.free)
     del cache
     gc.collect()
-    net.forward(random_x(rng, 5, 3, 4))    # reuses the freed cache's buffers
-    np.testing.assert_array_equal(net.backward(R, kept).flat, expected)
+    assert len(net._pool.free) == free     # the shallow copy holds the arrays
+    net.forward(random_x(rng, 5, 3, 4))
+    np.testing.assert_array_equal(net.backward(R, shallow).flat, expected)
+    deep = copy.deepcopy(shallow)
+    free = len(net._pool.free)
+    del shallow
+    gc.collect()
+    assert len(net._pool.free) > free      # the last copy sharing them is gone
+    net.forward(random_x(rng, 5, 3, 4))    # reuses the freed buffers
+    np.testing.assert_array_equal(net.backward(R, deep).flat, expected)
 
 
 def test_pool_keeps_a_bounded_number_of_buffers():

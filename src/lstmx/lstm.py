@@ -174,14 +174,15 @@ class Cache:
     def __init__(self, **kw):
         self.__dict__.update(kw)
 
-    def __copy__(self):
-        # a shallow copy would share arrays that go back to the network's
-        # pool when this cache is freed: copy them (the network itself is
-        # shared, as it must be)
-        return Cache(**copy.deepcopy(self.__dict__, {id(self.net): self.net}))
-
     def __deepcopy__(self, memo):
-        return self.__copy__()
+        # the arrays copied (none from the pool), the network shared, as it
+        # must be; a shallow copy shares the arrays and their lease
+        return Cache(**copy.deepcopy(self.__dict__, {id(self.net): self.net, **memo}))
+
+
+class _Lease:
+    """Held by a training cache and its shallow copies: the cache's arrays go
+    back to the network's pool when the last of them is freed."""
 
 
 class _Pool:
@@ -715,8 +716,10 @@ class LSTM:
         cache = Cache(net=self, layers=layers, top=top, c0=c0, lengths=lengths,
                       ragged=ragged, unbatched=unbatched, y_shape=y_user.shape,
                       state=self._state_to_user(h, c, unbatched))
-        # the cache's arrays go back to the pool when the cache is freed
-        weakref.finalize(cache, self._pool.give, kept)
+        # the cache's arrays go back to the pool when the cache and its
+        # shallow copies are freed
+        cache._lease = _Lease()
+        weakref.finalize(cache._lease, self._pool.give, kept)
         return y_user, cache
 
     def backward(self, dy, cache, dstate=None, check_finite=True, input_grad=True):
