@@ -417,3 +417,46 @@ def test_the_chooser_is_asked_only_for_a_small_single_sequence(rng, monkeypatch)
     assert large._split(1) == "units"
     large.predict(random_x(rng, 3, 1, 4))
     assert len(asked) == 1 and len(told) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_weight_gradient_gemm_against_numpy(dtype, rng):
+    """gemm_tn, C = A^T B over K rows (the weight gradients), on every
+    remainder of its row tiles and column panels, with K across its blocks
+    of 512 rows, on operands whose rows are further apart than their width."""
+    tol = 5e-5 if dtype == np.float32 else 1e-12
+    for M in (1, 2, 5, 6, 7, 8, 9, 10, 13, 22, 44):
+        for Nc in (1, 7, 8, 9, 16, 17, 33, 64):
+            for K in (0, 1, 3, 511, 513, 1100):
+                a = rng.standard_normal((K, M + 3)).astype(dtype)[:, 2:2 + M]
+                b = rng.standard_normal((K, Nc + 5)).astype(dtype)[:, :Nc]
+                c = np.full((M + 1, Nc), np.nan, dtype)[:M]
+                lstmx._lstm._gemm_tn_test(a, b, c)
+                expected = a.astype(np.float64).T @ b.astype(np.float64)
+                np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * max(1, np.sqrt(K)),
+                                           err_msg=f"M={M} Nc={Nc} K={K}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_weight_gradient_rows_sum_alike_in_any_slice(dtype, rng):
+    """Each C[m][j] of gemm_tn is summed over k in order whatever rows of C
+    are computed with it: the two threads' halves of a weight gradient give
+    the bits one thread gives."""
+    K, M, Nc = 1100, 40, 21
+    a = rng.standard_normal((K, M)).astype(dtype)
+    b = rng.standard_normal((K, Nc)).astype(dtype)
+    full = np.empty((M, Nc), dtype)
+    lstmx._lstm._gemm_tn_test(a, b, full)
+    for m0, m1 in [(0, 20), (20, 40), (3, 4), (7, 16), (31, 40)]:
+        part = np.empty((m1 - m0, Nc), dtype)
+        lstmx._lstm._gemm_tn_test(a[:, m0:m1], b, part)
+        np.testing.assert_array_equal(part, full[m0:m1], err_msg=f"rows {m0}:{m1}")
+
+
+def test_weight_gradient_gemm_refuses_bad_shapes():
+    a = np.zeros((5, 3), np.float32)
+    with pytest.raises(ValueError, match="a \\(K, M\\)"):
+        lstmx._lstm._gemm_tn_test(a, np.zeros((4, 2), np.float32), np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="adjacent"):
+        lstmx._lstm._gemm_tn_test(a, np.zeros((5, 4), np.float32)[:, ::2],
+                                  np.zeros((3, 2), np.float32))

@@ -392,26 +392,57 @@ LSTMX_DOTS(double, f64, 4)
  * C[n][m] is summed over k = 0, 1, ..., K-1 in order, in one tile or
  * another: the same bits whichever rows and columns a thread computes. */
 #define LSTMX_MR 6
-_Static_assert(LSTMX_MR == 6, "gemm_packed's switch over the last rows assumes 6");
+_Static_assert(LSTMX_MR == 6, "LSTMX_TILE_CALL's cases assume 6");
+
+/* Rows of the next register tile when `left` rows remain: LSTMX_MR, but the
+ * last 7, 8 or 9 as 4+3, 4+4 or 4+5, since 2 or 3 rows alone keep 4 or 6
+ * accumulators, each FMA waiting on the one before (big_infer's and
+ * seed_train's 32 rows a thread: tiles of 6, 6, 6, 6, 4, 4). */
+static inline ptrdiff_t lstmx_tile_rows(ptrdiff_t left)
+{
+    return left == LSTMX_MR || left >= 10 ? LSTMX_MR : left >= 7 ? 4 : left;
+}
+
+/* tile(K, mr, ...) with mr a constant in each case: each count its own
+ * unrolled loop */
+#define LSTMX_TILE_CALL(tile, K, mr, ...)                                     \
+    switch (mr) {                                                             \
+    case 6: tile(K, 6, __VA_ARGS__); break;                                   \
+    case 5: tile(K, 5, __VA_ARGS__); break;                                   \
+    case 4: tile(K, 4, __VA_ARGS__); break;                                   \
+    case 3: tile(K, 3, __VA_ARGS__); break;                                   \
+    case 2: tile(K, 2, __VA_ARGS__); break;                                   \
+    default: tile(K, 1, __VA_ARGS__); break;                                  \
+    }
 
 #if defined(__GNUC__) && !defined(LSTMX_PLAIN_C)
 
 #define LSTMX_GEMM_TILE(T, SFX, LANES)                                        \
-/* C[r][0..nc) = sum_k A[r][k] P[k][0..nc) for r < mr: NR = 2 LANES columns,  \
- * 2 mr accumulators (12 vector registers at mr = 6). */                     \
+/* C[r][0..nc) (+)= sum_k A[r sr + k sk] B[k ldb + 0..nc) for r < mr, k < K:  \
+ * NR = 2 LANES columns, 2 mr accumulators (12 vector registers at mr = 6).   \
+ * The sums start from zero (first) or from C, so that blocks of k carry      \
+ * each sum on in order. gemm_packed's A is row-major (sr = lda, sk = 1)     \
+ * and B a packed panel (ldb = NR); gemm_tn's A is transposed (sr = 1,       \
+ * sk = lda). */                                                              \
 static inline LSTMX_INLINE void tile_##SFX(ptrdiff_t K, const int mr,         \
-                                           const T *restrict A,               \
-                                           ptrdiff_t lda,                     \
-                                           const T *restrict P,               \
-                                           T *restrict C, ptrdiff_t ldc,      \
-                                           ptrdiff_t nc)                      \
+                                           const T *restrict A, ptrdiff_t sr, \
+                                           ptrdiff_t sk, const T *restrict B, \
+                                           ptrdiff_t ldb, T *restrict C,      \
+                                           ptrdiff_t ldc, ptrdiff_t nc,       \
+                                           int first)                         \
 {                                                                             \
     vec_##SFX lo[LSTMX_MR] = {{0}}, hi[LSTMX_MR] = {{0}};                     \
+    T row[2 * LANES] = {0};                                                   \
+    for (int r = 0; r < mr && !first; r++) {                                  \
+        memcpy(row, C + r * ldc, nc * sizeof(T));                             \
+        lo[r] = load_##SFX(row);                                              \
+        hi[r] = load_##SFX(row + LANES);                                      \
+    }                                                                         \
     for (ptrdiff_t k = 0; k < K; k++) {                                       \
-        vec_##SFX b0 = load_##SFX(P + k * 2 * LANES);                         \
-        vec_##SFX b1 = load_##SFX(P + k * 2 * LANES + LANES);                 \
+        vec_##SFX b0 = load_##SFX(B + k * ldb);                               \
+        vec_##SFX b1 = load_##SFX(B + k * ldb + LANES);                       \
         for (int r = 0; r < mr; r++) {                                        \
-            T a = A[r * lda + k];                                             \
+            T a = A[r * sr + k * sk];                                         \
             lo[r] += b0 * a;                                                  \
             hi[r] += b1 * a;                                                  \
         }                                                                     \
@@ -421,7 +452,6 @@ static inline LSTMX_INLINE void tile_##SFX(ptrdiff_t K, const int mr,         \
             memcpy(C + r * ldc, &lo[r], sizeof lo[r]);                        \
             memcpy(C + r * ldc + LANES, &hi[r], sizeof hi[r]);                \
         } else {                                                              \
-            T row[2 * LANES];                                                 \
             memcpy(row, &lo[r], sizeof lo[r]);                                \
             memcpy(row + LANES, &hi[r], sizeof hi[r]);                        \
             memcpy(C + r * ldc, row, nc * sizeof(T));                         \
@@ -459,14 +489,15 @@ static inline LSTMX_INLINE void row_##SFX(ptrdiff_t K, const int np,          \
 
 #define LSTMX_GEMM_TILE(T, SFX, LANES)                                        \
 static inline void tile_##SFX(ptrdiff_t K, const int mr, const T *A,          \
-                              ptrdiff_t lda, const T *P, T *C,                \
-                              ptrdiff_t ldc, ptrdiff_t nc)                    \
+                              ptrdiff_t sr, ptrdiff_t sk, const T *B,         \
+                              ptrdiff_t ldb, T *C, ptrdiff_t ldc,             \
+                              ptrdiff_t nc, int first)                        \
 {                                                                             \
     for (int r = 0; r < mr; r++)                                              \
         for (ptrdiff_t j = 0; j < nc; j++) {                                  \
-            T s = 0;                                                          \
+            T s = first ? 0 : C[r * ldc + j];                                 \
             for (ptrdiff_t k = 0; k < K; k++)                                 \
-                s += A[r * lda + k] * P[k * 2 * LANES + j];                   \
+                s += A[r * sr + k * sk] * B[k * ldb + j];                     \
             C[r * ldc + j] = s;                                               \
         }                                                                     \
 }                                                                             \
@@ -475,7 +506,8 @@ static inline void row_##SFX(ptrdiff_t K, const int np, const T *A,           \
                              const T *P, T *const *Cq, const ptrdiff_t *nc)   \
 {                                                                             \
     for (int q = 0; q < np; q++)                                              \
-        tile_##SFX(K, 1, A, 0, P + q * 2 * LANES * K, Cq[q], 0, nc[q]);       \
+        tile_##SFX(K, 1, A, 0, 1, P + q * 2 * LANES * K, 2 * LANES, Cq[q], 0, \
+                   nc[q], 1);                                                 \
 }
 
 #endif
@@ -520,15 +552,7 @@ static ATTR void gemv_packed_##SFX##V(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,  \
             Cq[np] = y + b * gs + j0;                                         \
             nc[np] = M - j0 < NR ? M - j0 : NR;                               \
         }                                                                     \
-        const T *Pq = P + q0 * NR * K;                                        \
-        switch (np) {  /* each count its own unrolled loop */                 \
-        case 6: row_##SFX(K, 6, x, Pq, Cq, nc); break;                        \
-        case 5: row_##SFX(K, 5, x, Pq, Cq, nc); break;                        \
-        case 4: row_##SFX(K, 4, x, Pq, Cq, nc); break;                        \
-        case 3: row_##SFX(K, 3, x, Pq, Cq, nc); break;                        \
-        case 2: row_##SFX(K, 2, x, Pq, Cq, nc); break;                        \
-        default: row_##SFX(K, 1, x, Pq, Cq, nc); break;                       \
-        }                                                                     \
+        LSTMX_TILE_CALL(row_##SFX, K, np, x, P + q0 * NR * K, Cq, nc)         \
     }                                                                         \
 }
 
@@ -545,36 +569,59 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
     const T *P0 = P;                                                          \
     /* a lone last row (N = 1, 7, 13, ...) is row_'s, after the tiles */      \
     ptrdiff_t Nt = N % LSTMX_MR == 1 ? N - 1 : N;                             \
-    /* 2 or 3 rows left after 6-row tiles keep 4 or 6 accumulators, each FMA  \
-     * waiting on the one before: the last 8 or 9 rows run as 4+4 or 5+4      \
-     * (big_infer's and seed_train's 32 rows a thread: 4 tiles of 6, 4, 4)  */ \
-    ptrdiff_t r = Nt % LSTMX_MR;                                              \
-    ptrdiff_t N6 = (r == 2 || r == 3) && Nt >= LSTMX_MR + r ? Nt - LSTMX_MR - r \
-                                                             : Nt;            \
     for (ptrdiff_t j0 = 0; j0 < M && Nt; j0 += NR, P += NR * K) {             \
         ptrdiff_t nc = M - j0 < NR ? M - j0 : NR;                             \
-        ptrdiff_t n = 0;                                                      \
-        for (; n + LSTMX_MR <= N6; n += LSTMX_MR)                             \
-            tile_##SFX(K, LSTMX_MR, A + n * lda, lda, P, C + n * ldc + j0,    \
-                       ldc, nc);                                              \
-        if (N6 < Nt) {                                                        \
-            tile_##SFX(K, 4, A + n * lda, lda, P, C + n * ldc + j0, ldc, nc); \
-            n += 4;                                                           \
-        }                                                                     \
-        switch (Nt - n) {  /* the last rows, each count its own tile */       \
-        case 5: tile_##SFX(K, 5, A + n * lda, lda, P, C + n * ldc + j0,       \
-                           ldc, nc); break;                                   \
-        case 4: tile_##SFX(K, 4, A + n * lda, lda, P, C + n * ldc + j0,       \
-                           ldc, nc); break;                                   \
-        case 3: tile_##SFX(K, 3, A + n * lda, lda, P, C + n * ldc + j0,       \
-                           ldc, nc); break;                                   \
-        case 2: tile_##SFX(K, 2, A + n * lda, lda, P, C + n * ldc + j0,       \
-                           ldc, nc); break;                                   \
-        default: break;                                                       \
+        for (ptrdiff_t n = 0, mr; n < Nt; n += mr) {                          \
+            mr = lstmx_tile_rows(Nt - n);                                     \
+            LSTMX_TILE_CALL(tile_##SFX, K, mr, A + n * lda, lda, 1, P, NR,    \
+                            C + n * ldc + j0, ldc, nc, 1)                     \
         }                                                                     \
     }                                                                         \
     if (Nt < N)                                                               \
         gemv_packed_##SFX##V(1, M, K, A + Nt * lda, P0, C + Nt * ldc, 0);     \
+}
+
+/* Weight gradients over all of a layer's rows at once: C (M, Nc) = A^T B,
+ * A (K, M) and B (K, Nc) with rows lda and ldb apart (dW_h = dA^T H_prev
+ * over the K = T N rows of a layer; the head's dW_fc = dY^T H). BLAS copies
+ * both operands into its own layouts first: sgemm_itcopy and _otcopy were
+ * 19% of small_train's backward, more than its sgemm kernel's 17%. Here A
+ * is read where it is (a tile's MR values are adjacent in row k of A) and
+ * only B is copied, one panel of KC rows at a time: read in place, a
+ * panel's rows 256 bytes apart (H = 64) fell in a quarter of L1's sets and
+ * did not stay there (one thread, K = 1600, M = 128: 395 against 429-522
+ * us in place). Panels outside tiles within a block: the panel (32 KB in
+ * float32) is read by every tile from L1, the block's rows of A from L2.
+ * KC = 512 against 256: 361-381 against 399 us (the same shape); 1024 was
+ * 2% faster still but puts 64 KB on the stack. Each tile carries its sums
+ * from block to block through C: every C[m][j] is summed over k = 0, 1,
+ * ..., K-1 in order, the same bits whichever rows of C a thread computes. */
+#define LSTMX_KC 512
+#define LSTMX_GEMM_TN(T, SFX, LANES, V, ATTR)                                 \
+static ATTR void gemm_tn_##SFX##V(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,     \
+                                  const T *restrict A, ptrdiff_t lda,         \
+                                  const T *restrict B, ptrdiff_t ldb,         \
+                                  T *restrict C, ptrdiff_t ldc)               \
+{                                                                             \
+    const ptrdiff_t NR = 2 * LANES;                                           \
+    T panel[LSTMX_KC * 2 * LANES];                                            \
+    for (ptrdiff_t m = 0; m < M && K == 0; m++)                               \
+        memset(C + m * ldc, 0, Nc * sizeof(T));                               \
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += LSTMX_KC) {                          \
+        ptrdiff_t kc = K - k0 < LSTMX_KC ? K - k0 : LSTMX_KC;                 \
+        for (ptrdiff_t j0 = 0; j0 < Nc; j0 += NR) {                           \
+            ptrdiff_t nc = Nc - j0 < NR ? Nc - j0 : NR;                       \
+            const T *Bk = B + k0 * ldb + j0;                                  \
+            for (ptrdiff_t k = 0; k < kc; k++)                                \
+                for (ptrdiff_t c = 0; c < NR; c++)                            \
+                    panel[k * NR + c] = c < nc ? Bk[k * ldb + c] : 0;         \
+            for (ptrdiff_t m = 0, mr; m < M; m += mr) {                       \
+                mr = lstmx_tile_rows(M - m);                                  \
+                LSTMX_TILE_CALL(tile_##SFX, kc, mr, A + k0 * lda + m, 1, lda, \
+                                panel, NR, C + m * ldc + j0, ldc, nc, k0 == 0) \
+            }                                                                 \
+        }                                                                     \
+    }                                                                         \
 }
 
 LSTMX_GEMM_TILE(float, f32, 8)
@@ -681,6 +728,8 @@ static ATTR void activations_f32##V(ptrdiff_t n, const float *restrict z,    \
     LSTMX_GEMV_PACKED(double, f64, 4, V, ATTR)                                \
     LSTMX_GEMM_PACKED(float, f32, 8, V, ATTR)                                 \
     LSTMX_GEMM_PACKED(double, f64, 4, V, ATTR)                                \
+    LSTMX_GEMM_TN(float, f32, 8, V, ATTR)                                     \
+    LSTMX_GEMM_TN(double, f64, 4, V, ATTR)                                    \
     LSTMX_SOFTMAX_XENT(double, f64, V, ATTR, softmax_exps_f64)
 
 LSTMX_KERNELS(_base, )
@@ -912,6 +961,13 @@ void lstmx_gemm_packed_##SFX(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,           \
                              ptrdiff_t ldc)                                   \
 {                                                                             \
     LSTMX_PICK(gemm_packed_##SFX)(N, M, K, A, lda, P, C, ldc);                \
+}                                                                             \
+                                                                              \
+void lstmx_gemm_tn_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,            \
+                         const T *A, ptrdiff_t lda, const T *B, ptrdiff_t ldb, \
+                         T *C, ptrdiff_t ldc)                                 \
+{                                                                             \
+    LSTMX_PICK(gemm_tn_##SFX)(M, Nc, K, A, lda, B, ldb, C, ldc);              \
 }                                                                             \
                                                                               \
 void lstmx_gemv_packed_##SFX(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,           \

@@ -43,6 +43,11 @@ LSTMX_DECLARE_MATMAT(double, f64)
     void lstmx_gemm_packed_##SFX(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,       \
                                  const T *A, ptrdiff_t lda, const T *P,       \
                                  T *C, ptrdiff_t ldc);                       \
+    /* C (M, Nc) = A^T B for A (K, M), B (K, Nc) as they are (weight       \
+     * gradients over all of a layer's rows) */                               \
+    void lstmx_gemm_tn_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,          \
+                             const T *A, ptrdiff_t lda, const T *B,           \
+                             ptrdiff_t ldb, T *C, ptrdiff_t ldc);             \
     /* one sequence, B blocks of M columns: y[b gs + m] = (x B_b)[m] */       \
     void lstmx_gemv_packed_##SFX(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,       \
                                  const T *x, const T *P, T *y, ptrdiff_t gs);

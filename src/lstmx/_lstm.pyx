@@ -79,6 +79,12 @@ cdef extern from "_cell.h" nogil:
     void lstmx_gemm_packed_f64(Py_ssize_t N, Py_ssize_t M, Py_ssize_t K,
                                const double* A, Py_ssize_t lda,
                                const double* P, double* C, Py_ssize_t ldc)
+    void lstmx_gemm_tn_f32(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
+                           const float* A, Py_ssize_t lda, const float* B,
+                           Py_ssize_t ldb, float* C, Py_ssize_t ldc)
+    void lstmx_gemm_tn_f64(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
+                           const double* A, Py_ssize_t lda, const double* B,
+                           Py_ssize_t ldb, double* C, Py_ssize_t ldc)
     int lstmx_uses_fma()
     void lstmx_gemv_packed_f32(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
                                const float* x, const float* P, float* y,
@@ -212,6 +218,36 @@ cdef inline void _gemv_packed(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
         lstmx_gemv_packed_f64(B, M, K, x, P, y, gs)
 
 
+# A weight gradient C (M, Nc) = A^T B over many rows K (dW = dA^T X, the
+# head's dW_fc = dY^T H) runs on _cell.c's gemm_tn, which reads A and B where
+# they are, when B has at most this many columns; BLAS, which first copies
+# both, runs wider ones. One thread, float32, K = 1600 (small_train's rows),
+# gemm_tn / sgemm in alternating blocks: (M, Nc) = (128, 64) 0.91, (128, 16)
+# 0.51; K = 3200: (640, 64) 0.99, (160, 160) 1.05, (640, 320) 1.27.
+cdef int TN_MAX_COLS = 64
+
+
+cdef inline void _gemm_tn(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
+                          const floating* A, Py_ssize_t lda,
+                          const floating* B, Py_ssize_t ldb,
+                          floating* C, Py_ssize_t ldc) noexcept nogil:
+    """C (M, Nc) = A^T B, A (K, M) and B (K, Nc) read where they are (_cell.c)."""
+    if floating is float:
+        lstmx_gemm_tn_f32(M, Nc, K, A, lda, B, ldb, C, ldc)
+    else:
+        lstmx_gemm_tn_f64(M, Nc, K, A, lda, B, ldb, C, ldc)
+
+
+cdef inline void _weight_grad(int M, int Nc, int K, const floating* A, int lda,
+                              const floating* B, int ldb, floating* C,
+                              int ldc) noexcept nogil:
+    """C (M, Nc) = A^T B, A (K, M) and B (K, Nc), rows lda, ldb, ldc apart."""
+    if Nc > TN_MAX_COLS:
+        gemm(True, False, M, Nc, K, <floating>1.0, A, lda, B, ldb, <floating>0.0, C, ldc)
+    else:
+        _gemm_tn(M, Nc, K, A, lda, B, ldb, C, ldc)
+
+
 cdef floating* _alloc(Py_ssize_t n, const floating* like) except NULL:
     """n elements for a packed weight, freed by the caller (like: the dtype)."""
     cdef floating* p = <floating*>malloc(max(n, 1) * sizeof(floating))
@@ -234,6 +270,23 @@ def _gemm_packed_test(const floating[:, ::1] a, const floating[:, ::1] w, bint t
         _gemm_packed(N, M, K, &a[0, 0], K, P, &c[0, 0], M)
     finally:
         free(P)
+
+
+def _gemm_tn_test(const floating[:, :] a, const floating[:, :] b, floating[:, :] c):
+    """Test hook: c (M, Nc) = a^T b for a (K, M) and b (K, Nc), through
+    _cell.c's gemm_tn; rows of each may be any distance apart, columns adjacent."""
+    if a.shape[0] != b.shape[0] or c.shape[0] != a.shape[1] or c.shape[1] != b.shape[1]:
+        raise ValueError("a (K, M), b (K, Nc) and c (M, Nc) expected")
+    if a.strides[1] != sizeof(floating) or b.strides[1] != sizeof(floating) \
+            or c.strides[1] != sizeof(floating):
+        raise ValueError("a, b, c: columns must be adjacent")
+    if c.shape[0] == 0 or c.shape[1] == 0:
+        return
+    cdef floating dummy = 0
+    _gemm_tn(c.shape[0], c.shape[1], a.shape[0],
+             &a[0, 0] if a.shape[0] else &dummy, a.strides[0] // sizeof(floating),
+             &b[0, 0] if b.shape[0] else &dummy, b.strides[0] // sizeof(floating),
+             &c[0, 0], c.strides[0] // sizeof(floating))
 
 
 # A kernel call prepared as a Job (the def functions below with defer=True)
@@ -723,10 +776,8 @@ cdef void _weights(int R, int I, int G, int H, int part, int nparts,
     cdef int r1 = <int>(<long long>R * (part + 1) // nparts)
     cdef floating beta = 1.0 if accumulate_dx else 0.0
     if g1 > g0:
-        gemm(True, False, g1 - g0, I, R, <floating>1.0, dgates + g0, G,
-             x, I, <floating>0.0, dw_x + <Py_ssize_t>g0 * I, I)
-        gemm(True, False, g1 - g0, H, R, <floating>1.0, dgates + g0, G,
-             h_prev_all, H, <floating>0.0, dw_h + <Py_ssize_t>g0 * H, H)
+        _weight_grad(g1 - g0, I, R, dgates + g0, G, x, I, dw_x + <Py_ssize_t>g0 * I, I)
+        _weight_grad(g1 - g0, H, R, dgates + g0, G, h_prev_all, H, dw_h + <Py_ssize_t>g0 * H, H)
     if r1 > r0 and dx != NULL:
         gemm(False, False, r1 - r0, I, G, <floating>1.0, dgates + <Py_ssize_t>r0 * G, G,
              w_x, I, beta, dx + <Py_ssize_t>r0 * I, I)
@@ -908,8 +959,8 @@ cdef void _linear_back(Py_ssize_t R, Py_ssize_t K, Py_ssize_t O, int part,
              <int>O, w, <int>K, <floating>0.0, dh + r0 * K, <int>K)
     if o1 == o0:
         return
-    gemm(True, False, <int>(o1 - o0), <int>K, <int>R, <floating>1.0, dy + o0, <int>O,
-         h, <int>K, <floating>0.0, dw + o0 * K, <int>K)
+    _weight_grad(<int>(o1 - o0), <int>K, <int>R, dy + o0, <int>O, h, <int>K, dw + o0 * K,
+                 <int>K)
     memset(db + o0, 0, (o1 - o0) * sizeof(floating))
     for r in range(R):
         row = dy + r * O
@@ -998,4 +1049,13 @@ def _set_small_n(Py_ssize_t n):
     old value."""
     global SMALL_N
     old, SMALL_N = SMALL_N, n
+    return old
+
+
+def _set_tn_max_cols(int n):
+    """Test and tuning hook: the widest B whose weight gradients run on
+    _cell.c's gemm_tn rather than BLAS (see TN_MAX_COLS; -1: always BLAS).
+    Returns the old value."""
+    global TN_MAX_COLS
+    old, TN_MAX_COLS = TN_MAX_COLS, n
     return old
