@@ -76,9 +76,9 @@ def test_when_a_recurrence_splits_by_units():
     assert not bi._split_recurrence(64)               # a direction on each thread
 
 
-@pytest.mark.parametrize("N", [4, 9, 16, 40], ids=lambda n: f"N{n}")
+@pytest.mark.parametrize("N", [2, 3, 4, 9, 16, 40], ids=lambda n: f"N{n}")
 def test_batch_halves_on_two_threads(N, rng, monkeypatch):
-    """One direction, 4 or more sequences: each thread runs half of them
+    """One direction, 2 or more sequences: each thread runs half of them
     (lstm.SPLIT_MIN_BATCH); the same results as one thread."""
     net = Arch(5, 12, num_layers=2, bidirectional=False, peephole=True, output_size=3).make(
         dtype=np.float64, seed=5)
