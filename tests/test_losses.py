@@ -127,6 +127,52 @@ def test_cross_entropy_unbatched_and_batch_first(rng, dtype):
     assert short_loss == softmax_cross_entropy(logits[:2, 0], targets[:2, 0])[0]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("lengths", [None, "ragged"])
+def test_cross_entropy_on_two_threads_gives_one_threads_bits(rng, dtype, lengths, monkeypatch):
+    """Large logits: the two halves of the rows run at once
+    (losses.SOFTMAX_SPLIT_MIN); the same loss and gradient, bit for bit,
+    as the halves one after the other, and the reference's values."""
+    import lstmx.losses as losses_module
+    steps, batch, classes = 61, 7, 44
+    logits = _logits(rng, dtype, (steps, batch, classes))
+    targets = _classes(rng, (steps, batch), classes)
+    if lengths is not None:
+        lengths = rng.integers(1, steps + 1, batch)
+    monkeypatch.setattr(losses_module, "SOFTMAX_SPLIT_MIN", 0)
+    both = softmax_cross_entropy(logits, targets, lengths)
+    monkeypatch.setattr(losses_module, "SOFTMAX_SPLIT_MIN", 1 << 62)
+    one = softmax_cross_entropy(logits, targets, lengths)
+    assert both[0] == one[0]
+    np.testing.assert_array_equal(both[1], one[1])
+    z = logits.astype(np.float64)
+    valid = _valid(lengths if lengths is not None else [steps] * batch, steps)
+    log_softmax = z - z.max(-1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
+    picked = np.take_along_axis(log_softmax, targets[..., None], -1)[..., 0]
+    expected = -picked[valid].sum() / valid.sum()
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    assert one[0] == pytest.approx(expected, rel=tol)
+    dy = np.exp(log_softmax)
+    np.put_along_axis(dy, targets[..., None], np.take_along_axis(dy, targets[..., None], -1) - 1, -1)
+    dy = np.where(valid[..., None], dy / valid.sum(), 0)
+    np.testing.assert_allclose(one[1], dy, rtol=tol, atol=tol / valid.sum())
+
+
+def test_softmax_kernel_refuses_mismatched_arrays():
+    z = np.zeros((4, 3), np.float32)
+    classes = np.zeros(4, np.intp)
+    with pytest.raises(ValueError, match="total"):
+        lstmx._lstm.softmax_xent(z, classes, np.empty(0, np.uint8), np.float32(1), z.copy(),
+                                 np.zeros(1), 0, 2)
+    with pytest.raises(ValueError, match="classes"):
+        lstmx._lstm.softmax_xent(z, classes[:3], np.empty(0, np.uint8), np.float32(1), z.copy(),
+                                 np.zeros(1))
+    with pytest.raises(ValueError, match="part"):
+        lstmx._lstm.softmax_xent(z, classes, np.empty(0, np.uint8), np.float32(1), z.copy(),
+                                 np.zeros(2), 2, 2)
+
+
 def test_cross_entropy_errors(rng):
     logits = _logits(rng)
     targets = _classes(rng)

@@ -85,6 +85,14 @@ cdef extern from "_cell.h" nogil:
     void lstmx_gemm_tn_f64(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
                            const double* A, Py_ssize_t lda, const double* B,
                            Py_ssize_t ldb, double* C, Py_ssize_t ldc)
+    double lstmx_softmax_xent_f32(Py_ssize_t R, Py_ssize_t C, const float* z,
+                                  const Py_ssize_t* classes,
+                                  const unsigned char* valid, float scale,
+                                  float* dz)
+    double lstmx_softmax_xent_f64(Py_ssize_t R, Py_ssize_t C, const double* z,
+                                  const Py_ssize_t* classes,
+                                  const unsigned char* valid, double scale,
+                                  double* dz)
     int lstmx_uses_fma()
     void lstmx_gemv_packed_f32(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
                                const float* x, const float* P, float* y,
@@ -294,7 +302,7 @@ def _gemm_tn_test(const floating[:, :] a, const floating[:, :] b, floating[:, :]
 # at once.
 
 cdef enum:
-    _PROJECT, _FORWARD, _BACKWARD, _WEIGHTS, _LINEAR, _LINEAR_BACK
+    _PROJECT, _FORWARD, _BACKWARD, _WEIGHTS, _LINEAR, _LINEAR_BACK, _SOFTMAX
 
 cdef struct _Args:
     # the arguments of one kernel call; pointers to float or double (dbl)
@@ -329,6 +337,11 @@ cdef struct _Args:
     void* dw_x
     void* dw_h
     void* dx
+    # softmax cross-entropy's
+    const Py_ssize_t* classes
+    const unsigned char* valid
+    double scale
+    double* total
 
 
 cdef class Job:
@@ -855,6 +868,10 @@ cdef void _run_typed(_Args* a, floating* like) noexcept nogil:
         # (h in x, w in w_x, b in bias, y in out; K in I, O in G)
         _linear(a.R, a.I, a.G, a.part, a.nparts, <const floating*>a.x,
                 <const floating*>a.w_x, <const floating*>a.bias, <floating*>a.out)
+    elif a.kind == _SOFTMAX:
+        # (z in x, dz in out; C in G)
+        _softmax_xent(a.R, a.G, a.part, a.nparts, <const floating*>a.x, a.classes, a.valid,
+                      <floating>a.scale, <floating*>a.out, a.total)
     else:
         # (h in x, w in w_x, dy in gates, dh in dx, dw in dw_x, db in bias)
         _linear_back(a.R, a.I, a.G, a.part, a.nparts, <const floating*>a.x,
@@ -1012,6 +1029,54 @@ def linear_backward(const floating[:, ::1] h, const floating[:, ::1] w,
     job.args.dx = <void*>&dh[0, 0]
     job.args.dw_x = <void*>&dw[0, 0]
     job.args.bias = <void*>&db[0]
+    return job._run_or_defer(defer)
+
+
+# --------------------------------------------------------------------------
+# softmax cross-entropy of the head's rows (losses.py)
+
+cdef void _softmax_xent(Py_ssize_t R, Py_ssize_t C, int part, int nparts,
+                        const floating* z, const Py_ssize_t* classes,
+                        const unsigned char* valid, floating scale, floating* dz,
+                        double* total) noexcept nogil:
+    """Part ``part`` of ``nparts`` of the rows of z (R, C): its rows of dz
+    and, in total[part], the sum of its valid rows' losses (_cell.c)."""
+    cdef Py_ssize_t r0 = R * part // nparts, r1 = R * (part + 1) // nparts
+    cdef const unsigned char* v = valid + r0 if valid != NULL else NULL
+    if floating is float:
+        total[part] = lstmx_softmax_xent_f32(r1 - r0, C, z + r0 * C, classes + r0, v, scale,
+                                             dz + r0 * C)
+    else:
+        total[part] = lstmx_softmax_xent_f64(r1 - r0, C, z + r0 * C, classes + r0, v, scale,
+                                             dz + r0 * C)
+
+
+def softmax_xent(const floating[:, ::1] z, const Py_ssize_t[::1] classes,
+                 const unsigned char[::1] valid, floating scale, floating[:, ::1] dz,
+                 double[::1] total, int part=0, int nparts=1, bint defer=False):
+    """Over part ``part`` of ``nparts`` of the rows of z (R, C): total[part]
+    = the sum over its valid rows of -log softmax(z[r])[classes[r]], and its
+    rows of dz (R, C) = (softmax - onehot) * scale at valid rows, 0 at
+    others. The parts can run at once (run_pair).
+
+    classes (R,) in [0, C) at valid rows (others are not read); valid (R,)
+    0/1, or empty for every row valid; total (nparts,). Validated by
+    losses.py: bounds checks are off. With defer, returns the call as a Job.
+    """
+    cdef Py_ssize_t R = z.shape[0], C = z.shape[1]
+    if (classes.shape[0] != R or valid.shape[0] not in (0, R) or dz.shape[0] != R
+            or dz.shape[1] != C or total.shape[0] != nparts):
+        raise ValueError("z (R, C), classes (R,), valid (R,) or (0,), dz (R, C) and "
+                         "total (nparts,) expected")
+    cdef Job job = _new_job(_SOFTMAX, floating is double, (z, classes, valid, dz, total),
+                            part, nparts)
+    job.args.R, job.args.G = R, C
+    job.args.x = <void*>&z[0, 0] if R else NULL
+    job.args.classes = &classes[0] if R else NULL
+    job.args.valid = &valid[0] if valid.shape[0] else NULL
+    job.args.scale = scale
+    job.args.out = <void*>&dz[0, 0] if R else NULL
+    job.args.total = &total[0]
     return job._run_or_defer(defer)
 
 
