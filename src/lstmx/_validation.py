@@ -68,12 +68,13 @@ def _shape_text(shape):
 
 def as_sequence_input(x, input_size, dtype, batch_first, check_finite):
     """x -> (time-major (T, N, I) C-contiguous array, unbatched flag)."""
-    layout = "(N, T, {})" if batch_first else "(T, N, {})"
-    expected = layout.format(input_size) + f" or (T, {input_size})"
     arr = _asarray(x, "x")
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"x: expected shape {expected}, got {arr.ndim}-d array of shape {_shape_text(arr.shape)}")
-    if arr.shape[-1] != input_size:
+    if arr.ndim not in (2, 3) or arr.shape[-1] != input_size:
+        layout = "(N, T, {})" if batch_first else "(T, N, {})"
+        expected = layout.format(input_size) + f" or (T, {input_size})"
+        if arr.ndim not in (2, 3):
+            raise ValueError(f"x: expected shape {expected}, got {arr.ndim}-d array of shape "
+                             f"{_shape_text(arr.shape)}")
         raise ValueError(
             f"x: expected shape {expected} (input_size={input_size}), got {_shape_text(arr.shape)}"
         )
