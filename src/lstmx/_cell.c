@@ -618,7 +618,8 @@ static ATTR void gemm_tn_##SFX##V(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,     \
             for (ptrdiff_t m = 0, mr; m < M; m += mr) {                       \
                 mr = lstmx_tile_rows(M - m);                                  \
                 LSTMX_TILE_CALL(tile_##SFX, kc, mr, A + k0 * lda + m, 1, lda, \
-                                panel, NR, C + m * ldc + j0, ldc, nc, k0 == 0) \
+                                panel, NR, C + m * ldc + j0, ldc, nc,         \
+                                k0 == 0)                                      \
             }                                                                 \
         }                                                                     \
     }                                                                         \

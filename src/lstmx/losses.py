@@ -134,7 +134,7 @@ def softmax_cross_entropy(logits, targets, lengths=None, batch_first=False, chec
     totals = np.zeros(2)
     args = (rows, classes, mask, z.dtype.type(1.0 / count), dz.reshape(T * N, C), totals)
     first, second = (_lstm.softmax_xent(*args, part, 2, defer=True) for part in (0, 1))
-    if rows.size >= SOFTMAX_SPLIT_MIN and get_num_threads() == 2:
+    if rows.size >= SOFTMAX_SPLIT_MIN and get_num_threads() > 1:
         _lstm.run_pair(first, second)
     else:
         first.run()

@@ -235,7 +235,7 @@ class _Pool:
         if skip is None:
             skip = _line_skip(buf)
             self._skips[id(buf)] = skip
-            weakref.finalize(buf, self._skips.pop, id(buf), None)
+            weakref.finalize(buf, self._skips.pop, id(buf), None).atexit = False
         return buf[skip:skip + n].reshape(shape)
 
     def give(self, arrays):
