@@ -459,30 +459,37 @@ static inline LSTMX_INLINE void tile_##SFX(ptrdiff_t K, const int mr,         \
     }                                                                         \
 }                                                                             \
                                                                               \
-/* One row across np <= LSTMX_MR panels at once: Cq[q][c] = sum_k A[k]      \
- * P_q[k][c] for c < nc[q], panel q at P + q NR K. A lone row in tile keeps  \
- * 2 accumulators, each FMA waiting on the one before (a third of the FMA     \
- * rate); np panels keep 2 np in flight, as tile's 6 rows do. */             \
+/* mr rows (1 to 3) across np panels at once, mr np <= LSTMX_MR: Cq[q][r      \
+ * ldc + c] = sum_k A[r lda + k] P_q[k][c] for c < nc[q], panel q at          \
+ * P + q NR K. A tile of 1, 2 or 3 rows over one panel keeps 2, 4 or 6        \
+ * accumulators, each FMA waiting on the one before (a third of the FMA       \
+ * rate at one row); np panels keep 2 mr np in flight, as tile's 6 rows do.   \
+ * The same sums in the same order as tile's. */                              \
 static inline LSTMX_INLINE void row_##SFX(ptrdiff_t K, const int np,          \
-                                          const T *restrict A,                \
-                                          const T *restrict P,                \
-                                          T *const *Cq, const ptrdiff_t *nc)  \
+                                          const int mr, const T *restrict A,  \
+                                          ptrdiff_t lda, const T *restrict P, \
+                                          T *const *Cq, ptrdiff_t ldc,        \
+                                          const ptrdiff_t *nc)                \
 {                                                                             \
     const ptrdiff_t NR = 2 * LANES;                                           \
     vec_##SFX lo[LSTMX_MR] = {{0}}, hi[LSTMX_MR] = {{0}};                     \
     for (ptrdiff_t k = 0; k < K; k++) {                                       \
-        T a = A[k];                                                           \
-        for (int q = 0; q < np; q++) {                                        \
-            lo[q] += load_##SFX(P + q * NR * K + k * NR) * a;                 \
-            hi[q] += load_##SFX(P + q * NR * K + k * NR + LANES) * a;         \
+        for (int r = 0; r < mr; r++) {                                        \
+            T a = A[r * lda + k];                                             \
+            for (int q = 0; q < np; q++) {                                    \
+                lo[r * np + q] += load_##SFX(P + q * NR * K + k * NR) * a;    \
+                hi[r * np + q] += load_##SFX(P + q * NR * K + k * NR + LANES) \
+                                  * a;                                        \
+            }                                                                 \
         }                                                                     \
     }                                                                         \
-    for (int q = 0; q < np; q++) {                                            \
-        T row[2 * LANES];                                                     \
-        memcpy(row, &lo[q], sizeof lo[q]);                                    \
-        memcpy(row + LANES, &hi[q], sizeof hi[q]);                            \
-        memcpy(Cq[q], row, nc[q] * sizeof(T));                                \
-    }                                                                         \
+    for (int r = 0; r < mr; r++)                                              \
+        for (int q = 0; q < np; q++) {                                        \
+            T row[2 * LANES];                                                 \
+            memcpy(row, &lo[r * np + q], sizeof lo[0]);                       \
+            memcpy(row + LANES, &hi[r * np + q], sizeof hi[0]);               \
+            memcpy(Cq[q] + r * ldc, row, nc[q] * sizeof(T));                  \
+        }                                                                     \
 }
 
 #else  /* no vector extensions: the same sums, one column at a time */
@@ -502,12 +509,13 @@ static inline void tile_##SFX(ptrdiff_t K, const int mr, const T *A,          \
         }                                                                     \
 }                                                                             \
                                                                               \
-static inline void row_##SFX(ptrdiff_t K, const int np, const T *A,           \
-                             const T *P, T *const *Cq, const ptrdiff_t *nc)   \
+static inline void row_##SFX(ptrdiff_t K, const int np, const int mr,         \
+                             const T *A, ptrdiff_t lda, const T *P,           \
+                             T *const *Cq, ptrdiff_t ldc, const ptrdiff_t *nc) \
 {                                                                             \
     for (int q = 0; q < np; q++)                                              \
-        tile_##SFX(K, 1, A, 0, 1, P + q * 2 * LANES * K, 2 * LANES, Cq[q], 0, \
-                   nc[q], 1);                                                 \
+        tile_##SFX(K, mr, A, lda, 1, P + q * 2 * LANES * K, 2 * LANES, Cq[q], \
+                   ldc, nc[q], 1);                                            \
 }
 
 #endif
@@ -534,27 +542,36 @@ void lstmx_pack_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, ptrdiff_t sm,    \
 
 /* One sequence: y[b gs + m] (m < M) = sum_k x[k] B_b[k][m] for the B blocks
  * packed one after another in P (packed_size(M, K) each; several blocks
- * are a thread's units of each gate). Panels are taken LSTMX_MR at a time
- * across the blocks' boundaries, for row_'s many accumulators. */
+ * are a thread's units of each gate). Or mr <= 3 rows of x, ldx apart, into
+ * rows of y ldy apart. Panels are taken LSTMX_MR / mr at a time across the
+ * blocks' boundaries, for row_'s many accumulators. */
 #define LSTMX_GEMV_PACKED(T, SFX, LANES, V, ATTR)                             \
 static ATTR void gemv_packed_##SFX##V(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,  \
                                       const T *restrict x,                    \
                                       const T *restrict P, T *restrict y,     \
-                                      ptrdiff_t gs)                           \
+                                      ptrdiff_t gs, const int mr,             \
+                                      ptrdiff_t ldx, ptrdiff_t ldy)           \
 {                                                                             \
     const ptrdiff_t NR = 2 * LANES, ppb = (M + NR - 1) / NR;                  \
-    for (ptrdiff_t q0 = 0; q0 < B * ppb; q0 += LSTMX_MR) {                    \
+    const int per = LSTMX_MR / mr;                                            \
+    for (ptrdiff_t q0 = 0; q0 < B * ppb; q0 += per) {                         \
         T *Cq[LSTMX_MR];                                                      \
         ptrdiff_t nc[LSTMX_MR];                                               \
         int np = 0;                                                           \
-        for (; np < LSTMX_MR && q0 + np < B * ppb; np++) {                    \
+        for (; np < per && q0 + np < B * ppb; np++) {                         \
             ptrdiff_t b = (q0 + np) / ppb, j0 = (q0 + np) % ppb * NR;         \
             Cq[np] = y + b * gs + j0;                                         \
             nc[np] = M - j0 < NR ? M - j0 : NR;                               \
         }                                                                     \
-        LSTMX_TILE_CALL(row_##SFX, K, np, x, P + q0 * NR * K, Cq, nc)         \
+        const T *Pq = P + q0 * NR * K;                                        \
+        if (mr == 1)                                                          \
+            LSTMX_TILE_CALL(row_##SFX, K, np, 1, x, ldx, Pq, Cq, ldy, nc)     \
+        else if (mr == 2)                                                     \
+            LSTMX_TILE_CALL(row_##SFX, K, np, 2, x, ldx, Pq, Cq, ldy, nc)     \
+        else                                                                  \
+            LSTMX_TILE_CALL(row_##SFX, K, np, 3, x, ldx, Pq, Cq, ldy, nc)     \
     }                                                                         \
-}
+}                                                                             \
 
 /* C (N, M), rows ldc apart, = A (N, K), rows lda apart, times the B packed
  * in P. Column panels outside, row tiles inside: a panel (NR K values,
@@ -567,7 +584,14 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
 {                                                                             \
     const ptrdiff_t NR = 2 * LANES;                                           \
     const T *P0 = P;                                                          \
-    /* a lone last row (N = 1, 7, 13, ...) is row_'s, after the tiles */      \
+    /* up to 3 rows are row_'s across several panels, as is a lone last row   \
+     * (N = 7, 13, ...) after the tiles. One core, us, tiles / row_: N = 2    \
+     * 1.71/1.22 at M = 256, K = 64, 41.8/34.0 at M = 1280, K = 320; N = 3    \
+     * 1.82/1.79 and 39.1/35.0. */                                            \
+    if (N >= 1 && N <= 3) {                                                  \
+        gemv_packed_##SFX##V(1, M, K, A, P, C, 0, (int)N, lda, ldc);          \
+        return;                                                               \
+    }                                                                         \
     ptrdiff_t Nt = N % LSTMX_MR == 1 ? N - 1 : N;                             \
     for (ptrdiff_t j0 = 0; j0 < M && Nt; j0 += NR, P += NR * K) {             \
         ptrdiff_t nc = M - j0 < NR ? M - j0 : NR;                             \
@@ -578,8 +602,9 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
         }                                                                     \
     }                                                                         \
     if (Nt < N)                                                               \
-        gemv_packed_##SFX##V(1, M, K, A + Nt * lda, P0, C + Nt * ldc, 0);     \
-}
+        gemv_packed_##SFX##V(1, M, K, A + Nt * lda, P0, C + Nt * ldc, 0, 1, 0, \
+                             0);                                              \
+}                                                                             \
 
 /* Weight gradients over all of a layer's rows at once: C (M, Nc) = A^T B,
  * A (K, M) and B (K, Nc) with rows lda and ldb apart (dW_h = dA^T H_prev
@@ -974,7 +999,7 @@ void lstmx_gemm_tn_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,            \
 void lstmx_gemv_packed_##SFX(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,           \
                              const T *x, const T *P, T *y, ptrdiff_t gs)      \
 {                                                                             \
-    LSTMX_PICK(gemv_packed_##SFX)(B, M, K, x, P, y, gs);                      \
+    LSTMX_PICK(gemv_packed_##SFX)(B, M, K, x, P, y, gs, 1, 0, 0);             \
 }                                                                             \
                                                                               \
 double lstmx_softmax_xent_##SFX(ptrdiff_t R, ptrdiff_t C, const T *z,         \
