@@ -53,12 +53,10 @@ SPLIT_MIN_BYTES = 12 * 1024
 # A one-direction run on at least this many sequences gives each of two
 # threads half of them (see LSTM._split). Measured, predict, float32, T=200,
 # input 16, head 44, ms (halves on two threads / one thread, alternating
-# blocks): H=64 N=2 0.46/0.72, N=3 0.75/0.77, N=4 0.71/0.90, N=8 1.00/1.74;
-# H=128 N=2 1.07/2.11, N=3 1.81/2.24; H=320 N=2 7.0/10.6, N=3 9.4/10.5. A
-# lone sequence a thread runs the one-row kernel, which keeps 12 sums in
-# flight where a tile of 2 or 3 rows keeps 4 or 6. Earlier: H=8 N=32
-# 0.77/0.77; H=16 N=128 4.30/6.14; H=320 T=50 N=32 13.5/23.0; H=512 N=64
-# T=100 (big_infer) 198/337.
+# blocks): H=64 N=2 0.42/0.53, N=3 0.58/0.69, N=4 0.71/0.90, N=8 1.00/1.74;
+# H=128 N=2 1.07/1.36, N=3 1.83/1.79; H=320 N=2 6.6/7.4, N=3 9.0/10.0.
+# Earlier: H=8 N=32 0.77/0.77; H=16 N=128 4.30/6.14; H=320 T=50 N=32
+# 13.5/23.0; H=512 N=64 T=100 (big_infer) 198/337.
 SPLIT_MIN_BATCH = 2
 # ... unless W_h is larger than this: then the two threads share each step
 # by units, each reading half of W_h, rather than each reading all of it.
