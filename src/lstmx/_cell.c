@@ -1,6 +1,7 @@
 /* The per-step kernels: the elementwise LSTM cell (DESIGN.md section 1;
  * seed 002 + peepholes), the recurrent products (matmat on W_h as it is;
- * a GEMM and a one-row kernel on a packed W_h), softmax cross-entropy, and
+ * a GEMM and a one-row kernel on a packed W_h), the narrow weight
+ * gradients over all rows (gemm_tn), softmax cross-entropy, and
  * for a recurrence shared by two threads the barrier and the worker thread
  * that runs the second of a pair of jobs.
  *
@@ -397,14 +398,15 @@ _Static_assert(LSTMX_MR == 6, "LSTMX_TILE_CALL's cases assume 6");
 /* Rows of the next register tile when `left` rows remain: LSTMX_MR, but the
  * last 7, 8 or 9 as 4+3, 4+4 or 4+5, since 2 or 3 rows alone keep 4 or 6
  * accumulators, each FMA waiting on the one before (big_infer's and
- * seed_train's 32 rows a thread: tiles of 6, 6, 6, 6, 4, 4). */
+ * seed_train's 32 rows a thread: tiles of 6, 6, 6, 6, 4, 4). gemm_packed
+ * gives a lone last row to row_ instead, so it never asks for 7. */
 static inline ptrdiff_t lstmx_tile_rows(ptrdiff_t left)
 {
     return left == LSTMX_MR || left >= 10 ? LSTMX_MR : left >= 7 ? 4 : left;
 }
 
-/* tile(K, mr, ...) with mr a constant in each case: each count its own
- * unrolled loop */
+/* tile(K, n, ...) with n (rows, or row_'s panels) a constant in each case:
+ * each count its own unrolled loop */
 #define LSTMX_TILE_CALL(tile, K, mr, ...)                                     \
     switch (mr) {                                                             \
     case 6: tile(K, 6, __VA_ARGS__); break;                                   \
@@ -459,12 +461,12 @@ static inline LSTMX_INLINE void tile_##SFX(ptrdiff_t K, const int mr,         \
     }                                                                         \
 }                                                                             \
                                                                               \
-/* mr rows (1 to 3) across np panels at once, mr np <= LSTMX_MR: Cq[q][r      \
- * ldc + c] = sum_k A[r lda + k] P_q[k][c] for c < nc[q], panel q at          \
- * P + q NR K. A tile of 1, 2 or 3 rows over one panel keeps 2, 4 or 6        \
- * accumulators, each FMA waiting on the one before (a third of the FMA       \
- * rate at one row); np panels keep 2 mr np in flight, as tile's 6 rows do.   \
- * The same sums in the same order as tile's. */                              \
+/* mr rows (1 to 3) across np panels at once, mr np <= LSTMX_MR (the          \
+ * callers' switches build no other pair): Cq[q][r ldc + c] = sum_k           \
+ * A[r lda + k] P_q[k][c] for c < nc[q], panel q at P + q NR K. A tile of     \
+ * 1, 2 or 3 rows over one panel keeps 2, 4 or 6 accumulators, each FMA       \
+ * waiting on the one before; np panels keep 2 mr np in flight, as tile's     \
+ * 6 rows do. The same sums in the same order as tile's. */                   \
 static inline LSTMX_INLINE void row_##SFX(ptrdiff_t K, const int np,          \
                                           const int mr, const T *restrict A,  \
                                           ptrdiff_t lda, const T *restrict P, \
@@ -542,8 +544,8 @@ void lstmx_pack_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, ptrdiff_t sm,    \
 
 /* One sequence: y[b gs + m] (m < M) = sum_k x[k] B_b[k][m] for the B blocks
  * packed one after another in P (packed_size(M, K) each; several blocks
- * are a thread's units of each gate). Or mr <= 3 rows of x, ldx apart, into
- * rows of y ldy apart. Panels are taken LSTMX_MR / mr at a time across the
+ * are a thread's units of each gate). Or, with B = 1, mr = 2 or 3 rows of
+ * x, ldx apart, into rows of y ldy apart (gemm_packed's N <= 3). Panels are taken LSTMX_MR / mr at a time across the
  * blocks' boundaries, for row_'s many accumulators. */
 #define LSTMX_GEMV_PACKED(T, SFX, LANES, V, ATTR)                             \
 static ATTR void gemv_packed_##SFX##V(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,  \
@@ -555,8 +557,8 @@ static ATTR void gemv_packed_##SFX##V(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,  \
     const ptrdiff_t NR = 2 * LANES, ppb = (M + NR - 1) / NR;                  \
     const int per = LSTMX_MR / mr;                                            \
     for (ptrdiff_t q0 = 0; q0 < B * ppb; q0 += per) {                         \
-        T *Cq[LSTMX_MR];                                                      \
-        ptrdiff_t nc[LSTMX_MR];                                               \
+        T *Cq[LSTMX_MR] = {0};                                                \
+        ptrdiff_t nc[LSTMX_MR] = {0};                                         \
         int np = 0;                                                           \
         for (; np < per && q0 + np < B * ppb; np++) {                         \
             ptrdiff_t b = (q0 + np) / ppb, j0 = (q0 + np) % ppb * NR;         \
@@ -566,12 +568,18 @@ static ATTR void gemv_packed_##SFX##V(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,  \
         const T *Pq = P + q0 * NR * K;                                        \
         if (mr == 1)                                                          \
             LSTMX_TILE_CALL(row_##SFX, K, np, 1, x, ldx, Pq, Cq, ldy, nc)     \
+        else if (mr == 2 && np == 3)                                          \
+            row_##SFX(K, 3, 2, x, ldx, Pq, Cq, ldy, nc);                      \
+        else if (mr == 2 && np == 2)                                          \
+            row_##SFX(K, 2, 2, x, ldx, Pq, Cq, ldy, nc);                      \
         else if (mr == 2)                                                     \
-            LSTMX_TILE_CALL(row_##SFX, K, np, 2, x, ldx, Pq, Cq, ldy, nc)     \
+            row_##SFX(K, 1, 2, x, ldx, Pq, Cq, ldy, nc);                      \
+        else if (np == 2)                                                     \
+            row_##SFX(K, 2, 3, x, ldx, Pq, Cq, ldy, nc);                      \
         else                                                                  \
-            LSTMX_TILE_CALL(row_##SFX, K, np, 3, x, ldx, Pq, Cq, ldy, nc)     \
+            row_##SFX(K, 1, 3, x, ldx, Pq, Cq, ldy, nc);                      \
     }                                                                         \
-}                                                                             \
+}
 
 /* C (N, M), rows ldc apart, = A (N, K), rows lda apart, times the B packed
  * in P. Column panels outside, row tiles inside: a panel (NR K values,
@@ -604,7 +612,7 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
     if (Nt < N)                                                               \
         gemv_packed_##SFX##V(1, M, K, A + Nt * lda, P0, C + Nt * ldc, 0, 1, 0, \
                              0);                                              \
-}                                                                             \
+}
 
 /* Weight gradients over all of a layer's rows at once: C (M, Nc) = A^T B,
  * A (K, M) and B (K, Nc) with rows lda and ldb apart (dW_h = dA^T H_prev
@@ -616,7 +624,9 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
  * panel's rows 256 bytes apart (H = 64) fell in a quarter of L1's sets and
  * did not stay there (one thread, K = 1600, M = 128: 395 against 429-522
  * us in place). Panels outside tiles within a block: the panel (32 KB in
- * float32) is read by every tile from L1, the block's rows of A from L2.
+ * float32) is read by every tile from L1, the block's rows of A from L2
+ * (at small_train's M = 128 a thread; not at seed_train's 640, which BLAS
+ * runs, see _lstm.pyx's TN_MAX_COLS).
  * KC = 512 against 256: 361-381 against 399 us (the same shape); 1024 was
  * 2% faster still but puts 64 KB on the stack. Each tile carries its sums
  * from block to block through C: every C[m][j] is summed over k = 0, 1,
@@ -630,16 +640,14 @@ static ATTR void gemm_tn_##SFX##V(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,     \
 {                                                                             \
     const ptrdiff_t NR = 2 * LANES;                                           \
     T panel[LSTMX_KC * 2 * LANES];                                            \
-    for (ptrdiff_t m = 0; m < M && K == 0; m++)                               \
-        memset(C + m * ldc, 0, Nc * sizeof(T));                               \
+    if (K == 0)                                                               \
+        for (ptrdiff_t m = 0; m < M; m++)                                     \
+            memset(C + m * ldc, 0, Nc * sizeof(T));                           \
     for (ptrdiff_t k0 = 0; k0 < K; k0 += LSTMX_KC) {                          \
         ptrdiff_t kc = K - k0 < LSTMX_KC ? K - k0 : LSTMX_KC;                 \
         for (ptrdiff_t j0 = 0; j0 < Nc; j0 += NR) {                           \
             ptrdiff_t nc = Nc - j0 < NR ? Nc - j0 : NR;                       \
-            const T *Bk = B + k0 * ldb + j0;                                  \
-            for (ptrdiff_t k = 0; k < kc; k++)                                \
-                for (ptrdiff_t c = 0; c < NR; c++)                            \
-                    panel[k * NR + c] = c < nc ? Bk[k * ldb + c] : 0;         \
+            lstmx_pack_##SFX(nc, kc, B + k0 * ldb + j0, 1, ldb, panel);       \
             for (ptrdiff_t m = 0, mr; m < M; m += mr) {                       \
                 mr = lstmx_tile_rows(M - m);                                  \
                 LSTMX_TILE_CALL(tile_##SFX, kc, mr, A + k0 * lda + m, 1, lda, \
