@@ -273,6 +273,21 @@ def test_a_job_that_would_wait_forever_is_refused():
     with pytest.raises(ValueError, match="same job"):
         lstmx._lstm.run_pair(whole, whole)
     whole.run()                       # alone, it runs
+    # a part paired with anything but the other part of its split
+    barrier, other = np.zeros(2, np.intc), np.zeros(2, np.intc)
+    first = lstmx._lstm.lstm_forward(*args, 0, 2, barrier, defer=True)
+    for partner in (lstmx._lstm.lstm_forward(*args, defer=True),
+                    lstmx._lstm.lstm_forward(*args, 0, 2, barrier, defer=True),
+                    lstmx._lstm.lstm_forward(*args, 1, 2, other, defer=True),
+                    lstmx._lstm.lstm_forward(*args, 1, 3, barrier, defer=True)):
+        with pytest.raises(ValueError, match="other part of the same split"):
+            lstmx._lstm.run_pair(first, partner)
+        with pytest.raises(ValueError, match="other part of the same split"):
+            lstmx._lstm.run_pair(partner, first)
+    # the two parts run, and run again: run_pair zeroes their barrier first
+    second = lstmx._lstm.lstm_forward(*args, 1, 2, barrier, defer=True)
+    for _ in range(3):
+        lstmx._lstm.run_pair(first, second)
 
 
 @pytest.mark.parametrize("nparts", [2, 3])

@@ -165,6 +165,19 @@ cdef Py_ssize_t SMALL_N = 1
 ONE_PACKED_MAX_BYTES = 512 * 1024
 
 
+def packs_one_row(Py_ssize_t rows, Py_ssize_t H, Py_ssize_t itemsize):
+    """Whether one sequence's forward step on ``rows`` rows of W_h (H
+    columns, itemsize bytes each) takes the one-row kernel on a packed W_h
+    (ONE_PACKED_MAX_BYTES). lstm._Chooser relies on it for whole W_h and
+    lstm_forward for each part's rows."""
+    return rows * H * itemsize <= ONE_PACKED_MAX_BYTES
+
+
+cdef inline Py_ssize_t _share(Py_ssize_t n, int part, int nparts) noexcept nogil:
+    """Where part ``part`` of ``nparts`` of n rows (or columns) starts."""
+    return n * part // nparts
+
+
 cdef inline void _matmat(Py_ssize_t M, Py_ssize_t K, const floating* W,
                          Py_ssize_t N, const floating* X, Py_ssize_t ldx,
                          floating* Y, Py_ssize_t ldy) noexcept nogil:
@@ -232,7 +245,8 @@ cdef inline void _gemv_packed(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
 # both, runs wider ones. One thread, float32, K = 1600 (small_train's rows),
 # gemm_tn / sgemm in alternating blocks: (M, Nc) = (128, 64) 0.91, (128, 16)
 # 0.51; K = 3200: (640, 64) 0.99, (160, 160) 1.05, (640, 320) 1.27.
-cdef int TN_MAX_COLS = 64
+cdef enum:
+    TN_MAX_COLS = 64
 
 
 cdef inline void _gemm_tn(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
@@ -372,20 +386,16 @@ cdef class Job:
         with nogil:
             _run_job(&self.args)
 
-    def _check(self):
+    cdef _check(self):
         if self.keep is None:
             raise ValueError("job: not a prepared call (make one with defer=True)")
-
-
-cdef _check_part(int part, int nparts):
-    if not 0 <= part < nparts:
-        raise ValueError(f"part, nparts: expected 0 <= part < nparts, got {part}, {nparts}")
 
 
 cdef Job _new_job(int kind, bint dbl, tuple keep, int part=0, int nparts=1):
     """A job of this kind with its common fields set (part checked); the
     caller sets the rest of its arguments."""
-    _check_part(part, nparts)
+    if not 0 <= part < nparts:
+        raise ValueError(f"part, nparts: expected 0 <= part < nparts, got {part}, {nparts}")
     cdef Job job = Job()
     job.keep = keep
     job.args.kind, job.args.dbl = kind, dbl
@@ -419,6 +429,9 @@ def lstm_project(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     caller holds it to one where two projections run at once).
     With defer, returns the call as a Job (see run_pair) instead.
     """
+    if w_x.shape[1] != x.shape[2] or w_x.shape[0] % 4 or gates.shape[0] != x.shape[0] \
+            or gates.shape[1] != x.shape[1] or gates.shape[2] != w_x.shape[0]:
+        raise ValueError("x (T, N, I), w_x (4H, I) and gates (T, N, 4H) expected")
     cdef Job job = _new_job(_PROJECT, floating is double, (x, w_x, gates))
     job.args.R = x.shape[0] * x.shape[1]
     job.args.I = x.shape[2]
@@ -439,15 +452,15 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
                    floating* gates, floating* c_all, floating* h_prev_all,
                    floating* rec, floating* w_pack, int* barrier,
                    int part, int nparts, Py_ssize_t n0, Py_ssize_t n1,
-                   bint project_whole, floating* w_x_pack) noexcept nogil:
+                   floating* w_x_pack) noexcept nogil:
     """The recurrence of one direction of one layer over T steps, for the
     units u0 <= j < u1 of H: one of ``nparts`` threads that share it.
 
     x (T, N, I) or NULL: when given, this part's columns of the input
     projection are computed first (gates = X W_x^T; else gates holds it).
-    With project_whole, each part computes all columns of its share of the
-    T N rows instead, with the packed GEMM on W_x^T packed in w_x_pack
-    (room for _packed_size(4H, I)): it sums each element in the same order
+    With w_x_pack (room for _packed_size(4H, I), else NULL), each part
+    computes all columns of its share of the T N rows instead, with the
+    packed GEMM on W_x^T packed there: it sums each element in the same order
     whatever the rows, so the parts give the bits one thread gives.
     h_buf (2, N, H): h_{t-1} is read from one half and h_t written to the
     other, alternating, so that parts never read what another writes in the
@@ -473,12 +486,12 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     cdef bint whole = u0 == 0 and u1 == H
     cdef int sense = 0
     cdef Py_ssize_t seg = _packed_size(nu, H, w_h)   # one gate block's
-    if x != NULL and not project_whole:
+    if x != NULL and w_x_pack == NULL:
         _project(T * N, I, H, u0, u1, x, w_x, gates)
     elif x != NULL:
         _pack(G, I, w_x, I, 1, w_x_pack)
-        r0 = T * N * part // nparts
-        r1 = T * N * (part + 1) // nparts
+        r0 = _share(T * N, part, nparts)
+        r1 = _share(T * N, part + 1, nparts)
         _gemm_packed(r1 - r0, G, I, x + r0 * I, I, w_x_pack, gates + r0 * G, G)
         if nparts > 1:
             lstmx_barrier_wait(barrier, nparts, &sense)
@@ -537,12 +550,13 @@ cdef Py_ssize_t _unit_bound(Py_ssize_t H, int part, int nparts,
     """First unit of part ``part`` of ``nparts`` (H for part = nparts): H
     part / nparts rounded to a multiple of a cache line's units (16 float32
     or 8 float64; 8 when H is too small for 16 a part; exact below 8 a
-    part). The parts then write no cache line in common (in arrays that
+    part). The parts then write no cache line in common (in rows that
     start on one: see lstm._ALIGN), every part but the last covers whole
     8-unit vectors of the cell, and the units that the cell computes one at
     a time (the last H % 8) are those that one thread computes so: the
-    parts give one thread's bits (see _forward's project_whole)."""
-    cdef Py_ssize_t exact = H * part // nparts
+    parts give one thread's bits (see _forward's w_x_pack) when no part
+    has fewer than 8 units."""
+    cdef Py_ssize_t exact = _share(H, part, nparts)
     cdef Py_ssize_t step = 64 // itemsize
     if part == 0 or part == nparts or H < 8 * nparts:
         return exact
@@ -591,7 +605,9 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     cdef floating* c_all_p = &c_all[0, 0, 0] if c_all.shape[0] else NULL
     cdef floating* h_prev_p = &h_prev_all[0, 0, 0] if h_prev_all.shape[0] else NULL
     cdef int* barrier_p = NULL
-    _check_part(part, nparts)
+    cdef Job job = _new_job(_FORWARD, floating is double,
+                            (x, w_x, w_h, bias, peep, lengths, h_buf, c, out, gates, c_all,
+                             h_prev_all, rec, barrier), part, nparts)
     if nparts > 1 and not LSTMX_HAVE_BARRIER:
         raise ValueError("nparts > 1 needs the barrier of _cell.c, not built here")
     if nparts > 1 and (barrier is None or barrier.shape[0] < 2):
@@ -604,18 +620,14 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
         n1 = N
     if not (0 <= n0 < n1 <= N) or ((n0 or n1 != N) and (nparts > 1 or x_p != NULL)):
         raise ValueError("n0, n1: a range of sequences, with nparts == 1 and x empty")
-    cdef Job job = _new_job(_FORWARD, floating is double,
-                            (x, w_x, w_h, bias, peep, lengths, h_buf, c, out, gates, c_all,
-                             h_prev_all, rec, barrier), part, nparts)
     nseq = n1 - n0 if nparts == 1 else N
-    if nseq > SMALL_N or (nseq == SMALL_N == 1 and 4 * (u1 - u0) * H * sizeof(floating)
-                          <= ONE_PACKED_MAX_BYTES):
+    if nseq > SMALL_N or (nseq == SMALL_N == 1
+                          and packs_one_row(4 * (u1 - u0), H, sizeof(floating))):
         job.args.owned = _alloc(4 * _packed_size(u1 - u0, H, &w_h[0, 0]), &w_h[0, 0])
     job.args.T, job.args.N, job.args.I, job.args.H = T, N, I, H
     job.args.u0, job.args.u1, job.args.n0, job.args.n1 = u0, u1, n0, n1
     job.args.reverse = reverse
-    job.args.flag = project_whole and x_p != NULL
-    if job.args.flag:
+    if project_whole and x_p != NULL:
         job.args.owned_x = _alloc(_packed_size(4 * H, I, &w_h[0, 0]), &w_h[0, 0])
     job.args.x = <void*>x_p
     job.args.w_x = <void*>&w_x[0, 0]
@@ -784,9 +796,8 @@ cdef void _weights(int R, int I, int G, int H, int part, int nparts,
                    bint accumulate_dx) noexcept nogil:
     """Part ``part`` of ``nparts`` of the rows of dW_x (4H, I) = dA^T X,
     dW_h (4H, H) = dA^T H_prev and dX (R, I) = dA W_x (dx NULL: none)."""
-    cdef int g0 = G * part // nparts, g1 = G * (part + 1) // nparts
-    cdef int r0 = <int>(<long long>R * part // nparts)
-    cdef int r1 = <int>(<long long>R * (part + 1) // nparts)
+    cdef int g0 = <int>_share(G, part, nparts), g1 = <int>_share(G, part + 1, nparts)
+    cdef int r0 = <int>_share(R, part, nparts), r1 = <int>_share(R, part + 1, nparts)
     cdef floating beta = 1.0 if accumulate_dx else 0.0
     if g1 > g0:
         _weight_grad(g1 - g0, I, R, dgates + g0, G, x, I, dw_x + <Py_ssize_t>g0 * I, I)
@@ -817,10 +828,19 @@ def lstm_backward_weights(const floating[:, :, ::1] x,
     with BLAS on one thread. With defer, returns the call as a Job (see
     run_pair) instead.
     """
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2], G = dgates.shape[2]
+    cdef Py_ssize_t H = h_prev_all.shape[2]
+    if (G != 4 * H or w_x.shape[0] != G or w_x.shape[1] != I
+            or h_prev_all.shape[0] != T or h_prev_all.shape[1] != N
+            or dgates.shape[0] != T or dgates.shape[1] != N
+            or dw_x.shape[0] != G or dw_x.shape[1] != I or dw_h.shape[0] != G
+            or dw_h.shape[1] != H or (dx.shape[0] and (dx.shape[0] != T or dx.shape[1] != N
+                                                       or dx.shape[2] != I))):
+        raise ValueError("x (T, N, I), w_x (4H, I), h_prev_all (T, N, H), dgates (T, N, 4H), "
+                         "dw_x (4H, I), dw_h (4H, H) and dx (T, N, I) or empty expected")
     cdef Job job = _new_job(_WEIGHTS, floating is double,
                             (x, w_x, h_prev_all, dgates, dw_x, dw_h, dx), part, nparts)
-    job.args.R = x.shape[0] * x.shape[1]
-    job.args.I, job.args.G, job.args.H = x.shape[2], dgates.shape[2], h_prev_all.shape[2]
+    job.args.R, job.args.I, job.args.G, job.args.H = T * N, I, G, H
     job.args.flag = accumulate_dx
     job.args.x = <void*>&x[0, 0, 0]
     job.args.w_x = <void*>&w_x[0, 0]
@@ -847,8 +867,7 @@ cdef void _run_typed(_Args* a, floating* like) noexcept nogil:
                  a.reverse, <floating*>a.h_buf, <floating*>a.c, <floating*>a.out,
                  a.ld, <floating*>a.gates, <floating*>a.c_all,
                  <floating*>a.h_prev_all, <floating*>a.rec, <floating*>a.owned,
-                 a.barrier, a.part, a.nparts, a.n0, a.n1, a.flag,
-                 <floating*>a.owned_x)
+                 a.barrier, a.part, a.nparts, a.n0, a.n1, <floating*>a.owned_x)
     elif a.kind == _BACKWARD:
         # (dbias in bias, dout in out, dh0 in h_buf, dc0 in c, drec in rec)
         _backward(a.T, a.N, a.H, <const floating*>a.w_h, <const floating*>a.peep,
@@ -872,7 +891,7 @@ cdef void _run_typed(_Args* a, floating* like) noexcept nogil:
         # (z in x, dz in out; C in G)
         _softmax_xent(a.R, a.G, a.part, a.nparts, <const floating*>a.x, a.classes, a.valid,
                       <floating>a.scale, <floating*>a.out, a.total)
-    else:
+    elif a.kind == _LINEAR_BACK:
         # (h in x, w in w_x, dy in gates, dh in dx, dw in dw_x, db in bias)
         _linear_back(a.R, a.I, a.G, a.part, a.nparts, <const floating*>a.x,
                      <const floating*>a.w_x, <const floating*>a.gates,
@@ -918,6 +937,16 @@ def run_pair(Job a, Job b):
     b._check()
     if a is b:
         raise ValueError("run_pair: a and b are the same job (a job runs once at a time)")
+    if a_args.barrier != NULL or b_args.barrier != NULL:
+        # parts of a split recurrence wait for each other at every step:
+        # only the two parts of one split, sharing one barrier, can meet
+        if (a_args.barrier != b_args.barrier or a_args.nparts != 2 or b_args.nparts != 2
+                or a_args.part == b_args.part):
+            raise ValueError("run_pair: a part of a split recurrence runs only with the other "
+                             "part of the same split (nparts=2, one barrier)")
+        # a fresh meeting, also when the parts run again
+        a_args.barrier[0] = 0
+        a_args.barrier[1] = 0
     if _worker_lock.acquire(False):
         try:
             w = _get_worker()
@@ -952,7 +981,7 @@ cdef void _linear(Py_ssize_t R, Py_ssize_t K, Py_ssize_t O, int part,
                   int nparts, const floating* h, const floating* w,
                   const floating* b, floating* y) noexcept nogil:
     """Part ``part`` of ``nparts`` of the rows of y (R, O) = h (R, K) w^T + b."""
-    cdef Py_ssize_t r0 = R * part // nparts, r1 = R * (part + 1) // nparts, r
+    cdef Py_ssize_t r0 = _share(R, part, nparts), r1 = _share(R, part + 1, nparts), r
     if r1 == r0:
         return
     for r in range(r0, r1):
@@ -968,8 +997,8 @@ cdef void _linear_back(Py_ssize_t R, Py_ssize_t K, Py_ssize_t O, int part,
     """Part ``part`` of ``nparts``: its slice of the rows of dh (R, K) =
     dy (R, O) w, and of the rows of dw (O, K) = dy^T h and of db (O,) =
     the column sums of dy."""
-    cdef Py_ssize_t r0 = R * part // nparts, r1 = R * (part + 1) // nparts
-    cdef Py_ssize_t o0 = O * part // nparts, o1 = O * (part + 1) // nparts, r, j
+    cdef Py_ssize_t r0 = _share(R, part, nparts), r1 = _share(R, part + 1, nparts)
+    cdef Py_ssize_t o0 = _share(O, part, nparts), o1 = _share(O, part + 1, nparts), r, j
     cdef const floating* row
     if r1 > r0:
         gemm(False, False, <int>(r1 - r0), <int>K, <int>O, <floating>1.0, dy + r0 * O,
@@ -1041,7 +1070,7 @@ cdef void _softmax_xent(Py_ssize_t R, Py_ssize_t C, int part, int nparts,
                         double* total) noexcept nogil:
     """Part ``part`` of ``nparts`` of the rows of z (R, C): its rows of dz
     and, in total[part], the sum of its valid rows' losses (_cell.c)."""
-    cdef Py_ssize_t r0 = R * part // nparts, r1 = R * (part + 1) // nparts
+    cdef Py_ssize_t r0 = _share(R, part, nparts), r1 = _share(R, part + 1, nparts)
     cdef const unsigned char* v = valid + r0 if valid != NULL else NULL
     if floating is float:
         total[part] = lstmx_softmax_xent_f32(r1 - r0, C, z + r0 * C, classes + r0, v, scale,
@@ -1064,18 +1093,24 @@ def softmax_xent(const floating[:, ::1] z, const Py_ssize_t[::1] classes,
     losses.py: bounds checks are off. With defer, returns the call as a Job.
     """
     cdef Py_ssize_t R = z.shape[0], C = z.shape[1]
-    if (classes.shape[0] != R or valid.shape[0] not in (0, R) or dz.shape[0] != R
-            or dz.shape[1] != C or total.shape[0] != nparts):
-        raise ValueError("z (R, C), classes (R,), valid (R,) or (0,), dz (R, C) and "
-                         "total (nparts,) expected")
+    if R < 1 or C < 1:
+        raise ValueError(f"z: expected at least one row and one class, got shape ({R}, {C})")
+    if classes.shape[0] != R:
+        raise ValueError(f"classes: expected ({R},), one per row of z, got ({classes.shape[0]},)")
+    if valid.shape[0] not in (0, R):
+        raise ValueError(f"valid: expected ({R},) or empty, got ({valid.shape[0]},)")
+    if dz.shape[0] != R or dz.shape[1] != C:
+        raise ValueError(f"dz: expected z's shape ({R}, {C}), got ({dz.shape[0]}, {dz.shape[1]})")
+    if total.shape[0] != nparts:
+        raise ValueError(f"total: expected ({nparts},), one sum per part, got ({total.shape[0]},)")
     cdef Job job = _new_job(_SOFTMAX, floating is double, (z, classes, valid, dz, total),
                             part, nparts)
     job.args.R, job.args.G = R, C
-    job.args.x = <void*>&z[0, 0] if R else NULL
-    job.args.classes = &classes[0] if R else NULL
+    job.args.x = <void*>&z[0, 0]
+    job.args.classes = &classes[0]
     job.args.valid = &valid[0] if valid.shape[0] else NULL
     job.args.scale = scale
-    job.args.out = <void*>&dz[0, 0] if R else NULL
+    job.args.out = <void*>&dz[0, 0]
     job.args.total = &total[0]
     return job._run_or_defer(defer)
 
@@ -1116,11 +1151,3 @@ def _set_small_n(Py_ssize_t n):
     old, SMALL_N = SMALL_N, n
     return old
 
-
-def _set_tn_max_cols(int n):
-    """Test and tuning hook: the widest B whose weight gradients run on
-    _cell.c's gemm_tn rather than BLAS (see TN_MAX_COLS; -1: always BLAS).
-    Returns the old value."""
-    global TN_MAX_COLS
-    old, TN_MAX_COLS = TN_MAX_COLS, n
-    return old

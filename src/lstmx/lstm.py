@@ -579,7 +579,7 @@ class LSTM:
         # whatever the machine does (seed_infer, 1.6 MB: 41-51 ms on one
         # thread against 20-28 ms split).
         chosen = (split == "units" and N == 1
-                  and 4 * H * H * dt.itemsize <= _lstm.ONE_PACKED_MAX_BYTES)
+                  and _lstm.packs_one_row(4 * H, H, dt.itemsize))
         if chosen:
             split = self._chooser.choose()
             started = time.perf_counter()
