@@ -170,12 +170,12 @@ def test_a_copied_cache_outlives_its_original(rng):
 
 
 def test_pool_keeps_a_bounded_number_of_buffers():
-    from lstmx.lstm import _Pool
+    from lstmx.lstm import _Pool, _line_room
     pool = _Pool(np.float32)
     taken = [pool.take((i + 1, 3)) for i in range(_Pool.MAX_FREE + 5)]
     pool.give(taken)
     pool.give(taken[-3:])           # given twice: still kept once
-    pad = 64 // 4 - 1               # room for a start on a cache line
+    pad = _line_room(np.dtype(np.float32))      # room for a start on a cache line
     assert len(pool.free) == _Pool.MAX_FREE
     assert len({id(b) for b in pool.free}) == _Pool.MAX_FREE
     assert min(b.size for b in pool.free) == 6 * 3 + pad     # the smallest went first
@@ -245,7 +245,6 @@ def test_split_runs_in_a_forked_child(rng):
 def test_pairs_fall_back_to_a_python_thread_when_the_worker_is_taken(rng):
     """While another call holds lstmx's worker thread, a split run pairs its
     jobs on a thread of its own: same result."""
-    import lstmx
     net = Arch(4, 64, num_layers=2, bidirectional=True, peephole=True, output_size=3).make(
         dtype=np.float64, seed=18)
     x = random_x(rng, 20, 1, 4)

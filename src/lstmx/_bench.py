@@ -157,9 +157,9 @@ def onnxruntime_runner(w, peephole=True):
 # lstmx bench
 
 
-def time_min(run, seconds=1.0, min_rounds=5):
-    """Best wall time of ``run()`` over at least ``min_rounds`` rounds and
-    about ``seconds`` in all, after one warm-up."""
+def _best_and_spent(run, seconds, min_rounds):
+    """One untimed call of ``run()``, then timed calls until at least
+    ``min_rounds`` and ``seconds`` in all: (best, seconds spent)."""
     run()
     best, spent, rounds = float("inf"), 0.0, 0
     while rounds < min_rounds or spent < seconds:
@@ -169,7 +169,13 @@ def time_min(run, seconds=1.0, min_rounds=5):
         best = min(best, dt)
         spent += dt
         rounds += 1
-    return best
+    return best, spent
+
+
+def time_min(run, seconds=1.0, min_rounds=5):
+    """Best wall time of ``run()`` over at least ``min_rounds`` rounds and
+    about ``seconds`` in all, after one warm-up."""
+    return _best_and_spent(run, seconds, min_rounds)[0]
 
 
 def time_blocks(runs, seconds=1.0, block=0.25, min_blocks=5):
@@ -189,14 +195,7 @@ def time_blocks(runs, seconds=1.0, block=0.25, min_blocks=5):
     spent = [0.0 for _ in runs]
     while min(map(len, bests)) < min_blocks or min(spent) < seconds:
         for i, run in enumerate(runs):
-            run()
-            best, used = float("inf"), 0.0
-            while used == 0.0 or used < block:
-                t0 = time.perf_counter()
-                run()
-                dt = time.perf_counter() - t0
-                best = min(best, dt)
-                used += dt
+            best, used = _best_and_spent(run, block, 1)
             bests[i].append(best)
             spent[i] += used
     return bests

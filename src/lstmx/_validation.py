@@ -66,18 +66,22 @@ def _shape_text(shape):
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
+def _x_shapes(input_size, batch_first):
+    """The shapes x may have, as text (for errors only: formatting them on
+    every call cost a microsecond)."""
+    layout = "(N, T, {})" if batch_first else "(T, N, {})"
+    return layout.format(input_size) + f" or (T, {input_size})"
+
+
 def as_sequence_input(x, input_size, dtype, batch_first, check_finite):
     """x -> (time-major (T, N, I) C-contiguous array, unbatched flag)."""
     arr = _asarray(x, "x")
-    if arr.ndim not in (2, 3) or arr.shape[-1] != input_size:
-        layout = "(N, T, {})" if batch_first else "(T, N, {})"
-        expected = layout.format(input_size) + f" or (T, {input_size})"
-        if arr.ndim not in (2, 3):
-            raise ValueError(f"x: expected shape {expected}, got {arr.ndim}-d array of shape "
-                             f"{_shape_text(arr.shape)}")
-        raise ValueError(
-            f"x: expected shape {expected} (input_size={input_size}), got {_shape_text(arr.shape)}"
-        )
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"x: expected shape {_x_shapes(input_size, batch_first)}, got "
+                         f"{arr.ndim}-d array of shape {_shape_text(arr.shape)}")
+    if arr.shape[-1] != input_size:
+        raise ValueError(f"x: expected shape {_x_shapes(input_size, batch_first)} "
+                         f"(input_size={input_size}), got {_shape_text(arr.shape)}")
     if 0 in arr.shape:
         raise ValueError(f"x: expected at least one step and one sequence, got shape {_shape_text(arr.shape)}")
     unbatched = arr.ndim == 2
@@ -106,11 +110,12 @@ def as_lengths(lengths, T, N):
     return arr, bool((arr != T).any())
 
 
-def as_state(state, name, num_states, N, H, dtype, unbatched, check_finite):
-    """(h, c) -> two fresh C-contiguous (L*D, N, H) arrays (zeros when None)."""
+def as_state(state, name, num_states, N, H, dtype, unbatched, check_finite, zeros=np.zeros):
+    """(h, c) -> two fresh C-contiguous (L*D, N, H) arrays (zeros when
+    None), made by ``zeros(shape, dtype)``."""
     shape = (num_states, N, H)
     if state is None:
-        return np.zeros(shape, dtype), np.zeros(shape, dtype)
+        return zeros(shape, dtype), zeros(shape, dtype)
     expected = _shape_text((num_states, H) if unbatched else shape)
     if not isinstance(state, (tuple, list)) or len(state) != 2:
         raise ValueError(f"{name}: expected a pair (h, c) of arrays of shape {expected}")
@@ -123,7 +128,9 @@ def as_state(state, name, num_states, N, H, dtype, unbatched, check_finite):
                 f"{name}: expected {part} of shape {expected} (layers*directions, batch, hidden), "
                 f"got {_shape_text(arr.shape)}"
             )
-        out.append(np.array(arr.reshape(shape), dtype=dtype, order="C", copy=True))
+        fresh = zeros(shape, dtype)
+        fresh[...] = arr.reshape(shape)
+        out.append(fresh)
     return out[0], out[1]
 
 

@@ -50,7 +50,7 @@ import re
 
 import numpy as np
 
-from .lstm import LSTM
+from .lstm import LSTM, _rebuild
 from .persist import _listing, write_atomically
 from ._validation import check_dtype
 
@@ -315,6 +315,4 @@ def write(net, path, format=None):
 def _astype(net, dtype):
     if net.dtype == dtype:
         return net
-    copy = LSTM(**{**net._config(), "dtype": dtype}, seed=0)
-    copy.flat[...] = net.flat   # same configuration, same layout
-    return copy
+    return _rebuild({**net._config(), "dtype": dtype}, net.flat)   # same layout

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _lstm
 from ._threads import get_num_threads
+from .lstm import _pair
 from ._validation import FLOAT_DTYPES, _shape_text, as_float_array, as_lengths
 
 # Logits (elements) from which softmax_cross_entropy's two halves of the rows
@@ -133,12 +134,9 @@ def softmax_cross_entropy(logits, targets, lengths=None, batch_first=False, chec
     # is the same sum of the two halves' sums either way
     totals = np.zeros(2)
     args = (rows, classes, mask, z.dtype.type(1.0 / count), dz.reshape(T * N, C), totals)
-    first, second = (_lstm.softmax_xent(*args, part, 2, defer=True) for part in (0, 1))
-    if rows.size >= SOFTMAX_SPLIT_MIN and get_num_threads() > 1:
-        _lstm.run_pair(first, second)
-    else:
-        first.run()
-        second.run()
+    threads = get_num_threads() if rows.size >= SOFTMAX_SPLIT_MIN else 1
+    _pair(_lstm.softmax_xent(*args, 0, 2, defer=True), _lstm.softmax_xent(*args, 1, 2, defer=True),
+          threads)
     return (totals[0] + totals[1]) / count, _to_caller(dz, unbatched, batch_first)
 
 

@@ -71,8 +71,12 @@ SPLIT_BATCH_MAX_BYTES = 8 * 1024 * 1024
 # H=16 N=8 0.72/1.06; H=512 N=64 T=50 362/210.
 BACKWARD_SPLIT_MIN_FLOPS = 256 * 1024
 # The head's products are halved between two threads from this many
-# multiply-adds a product (R T*N rows times D*H times O).
-HEAD_SPLIT_MIN_MACS = 1 << 20
+# multiply-adds a product (R T*N rows times D*H times O). Measured, float32,
+# us (halves / one thread, alternating blocks), forward and backward: R x K x
+# O = 100x64x44 (0.28M) 11/12, 19/22; 200x64x44 (0.56M) 14/20, 30/40;
+# 400x64x44 23/36, 52/74; 1600x64x44 71/134, 189/292; 200x640x44 98/170,
+# 255/369. (The earlier 1M had not been measured.)
+HEAD_SPLIT_MIN_MACS = 1 << 19
 
 
 class _Slot:
@@ -272,18 +276,15 @@ def _line_skip(buf):
     return (-buf.ctypes.data % _ALIGN) // buf.itemsize
 
 
-def _aligned_view(buf, n):
-    """The first n elements of 1-D buf (at least n + _ALIGN/itemsize - 1
-    long) from its first address on a cache line."""
-    skip = _line_skip(buf)
-    return buf[skip:skip + n]
 
 
 def _aligned_zeros(shape, dtype):
     """Zeros of this shape starting on a cache line (see _ALIGN)."""
     dtype = np.dtype(dtype)
     n = math.prod(shape)
-    return _aligned_view(np.zeros(n + _line_room(dtype), dtype), n).reshape(shape)
+    buf = np.zeros(n + _line_room(dtype), dtype)
+    skip = _line_skip(buf)
+    return buf[skip:skip + n].reshape(shape)
 
 
 class _Chooser:
@@ -310,7 +311,7 @@ class _Chooser:
 
     def __init__(self):
         self.mode = "units"
-        self.best = {"units": math.inf, None: math.inf}   # seconds a step
+        self.best_units = math.inf      # seconds a step, the split's best
         self.last = {"units": math.inf, None: math.inf}
         self.since_probe = 0
         self.probing = False
@@ -318,13 +319,14 @@ class _Chooser:
     def choose(self):
         other = None if self.mode == "units" else "units"
         due = self.since_probe >= self.PROBE_EVERY and (
-            self.mode is None or self.last["units"] > self.SLOWER * self.best["units"])
+            self.mode is None or self.last["units"] > self.SLOWER * self.best_units)
         self.probing = due
         return other if due else self.mode
 
     def record(self, mode, seconds_per_step):
         self.last[mode] = seconds_per_step
-        self.best[mode] = min(self.best[mode], seconds_per_step)
+        if mode == "units":
+            self.best_units = min(self.best_units, seconds_per_step)
         if self.probing:
             self.probing, self.since_probe = False, 0
             if seconds_per_step < self.last[self.mode]:
@@ -411,7 +413,8 @@ class LSTM:
         if self.output_size is not None:
             self._fc = (_view(self.flat, *self._fc_w), _view(self.flat, *self._fc_b))
         self._pool = _Pool(self.dtype)
-        self._chooser = _Chooser()
+        # one per kind of run: a training step's steps take longer
+        self._choosers = {False: _Chooser(), True: _Chooser()}
         self._no_peep = np.zeros(3 * H, dtype=self.dtype)
         self._no_peep.flags.writeable = False
         self.reset_parameters(seed)
@@ -533,9 +536,8 @@ class LSTM:
         """Whether the head's products over R rows (forward: y = h W^T + b;
         backward: dh, dW, db) are halved between two threads (see
         HEAD_SPLIT_MIN_MACS)."""
-        if (threads or get_num_threads()) < 2:
-            return False
-        return R >= 2 and R * self.num_directions * self.hidden_size * self.output_size >= HEAD_SPLIT_MIN_MACS
+        threads = get_num_threads() if threads is None else threads
+        return threads == 2 and R >= 2 and R * self.num_directions * self.hidden_size * self.output_size >= HEAD_SPLIT_MIN_MACS
 
     def _kernel_params(self, k):
         """(w_x, w_h, bias, peep) of slot k as the kernels take them."""
@@ -549,11 +551,9 @@ class LSTM:
         widest = max(4 * H, self.input_size, D * H, self.output_size or 0)
         check_blas_size(T * N * widest)
         lengths, ragged = as_lengths(lengths, T, N)
-        h, c = as_state(state, "state", self.num_layers * D, N, H, self.dtype, unbatched, check_finite)
-        if c.ctypes.data % _ALIGN:      # written by both parts of a split: on a line
-            c_lines = _aligned_zeros(c.shape, self.dtype)
-            c_lines[...] = c
-            c = c_lines
+        # c is written by both parts of a split: on a line
+        h, c = as_state(state, "state", self.num_layers * D, N, H, self.dtype, unbatched,
+                        check_finite, zeros=_aligned_zeros)
         return x, unbatched, lengths, ragged, h, c
 
     def _run(self, x, lengths, ragged, h, c, training):
@@ -581,7 +581,8 @@ class LSTM:
         chosen = (split == "units" and N == 1
                   and _lstm.packs_one_row(4 * H, H, dt.itemsize))
         if chosen:
-            split = self._chooser.choose()
+            chooser = self._choosers[training]
+            split = chooser.choose()
             started = time.perf_counter()
         pool = self._pool
         temps, kept = [], []
@@ -658,7 +659,7 @@ class LSTM:
                 pool.give([inp])        # read by this layer, needed no more
             inp = out
         if chosen:
-            self._chooser.record(split, (time.perf_counter() - started) / (T * L))
+            chooser.record(split, (time.perf_counter() - started) / (T * L))
         top = y = inp
         if self.output_size is not None:
             w_fc, b_fc = self._fc
