@@ -100,8 +100,10 @@ static inline void lstmx_worker_post(struct lstmx_worker *w,
 static inline void lstmx_worker_wait(struct lstmx_worker *w) { (void)w; }
 #endif
 
-/* The float32 activations, exported for the tests of their error bound. */
+/* The activations, exported for the tests of their error bounds. */
 void lstmx_activations_f32(ptrdiff_t n, const float *z, float *e, float *s,
                            float *t);
+void lstmx_activations_f64(ptrdiff_t n, const double *z, double *e, double *s,
+                           double *t);
 
 #endif

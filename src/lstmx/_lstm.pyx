@@ -67,6 +67,8 @@ cdef extern from "_cell.h" nogil:
                             double* Y, Py_ssize_t ldy)
     void lstmx_activations_f32(Py_ssize_t n, const float* z, float* e,
                                float* s, float* t)
+    void lstmx_activations_f64(Py_ssize_t n, const double* z, double* e,
+                               double* s, double* t)
     Py_ssize_t lstmx_packed_size_f32(Py_ssize_t M, Py_ssize_t K)
     Py_ssize_t lstmx_packed_size_f64(Py_ssize_t M, Py_ssize_t K)
     void lstmx_pack_f32(Py_ssize_t M, Py_ssize_t K, const float* W,
@@ -125,12 +127,22 @@ cdef inline void _cell_backward(Py_ssize_t H, const floating* act,
         lstmx_cell_backward_f64(H, act, c_t, c_prev, peep, dh_out, dh_next, dc, da, dpeep)
 
 
-def _activations_f32(const float[::1] z, float[::1] exp_out,
-                     float[::1] sigmoid_out, float[::1] tanh_out):
-    """Test hook: the float32 exp, sigmoid and tanh of the cell kernels, as
-    built for this CPU (baseline or AVX2 + FMA)."""
-    lstmx_activations_f32(z.shape[0], &z[0], &exp_out[0], &sigmoid_out[0],
-                          &tanh_out[0])
+def _activations(const floating[::1] z, floating[::1] exp_out,
+                 floating[::1] sigmoid_out, floating[::1] tanh_out):
+    """Test hook: the exp, sigmoid and tanh of the cell kernels (float32 or
+    float64), as built for this CPU (baseline or AVX2 + FMA). All four
+    arrays have z's length."""
+    n = z.shape[0]
+    if not (exp_out.shape[0] == sigmoid_out.shape[0] == tanh_out.shape[0] == n):
+        raise ValueError(f"the outputs must have z's length {n}")
+    if n == 0:
+        return
+    if floating is float:
+        lstmx_activations_f32(z.shape[0], &z[0], &exp_out[0], &sigmoid_out[0],
+                              &tanh_out[0])
+    else:
+        lstmx_activations_f64(z.shape[0], &z[0], &exp_out[0], &sigmoid_out[0],
+                              &tanh_out[0])
 
 
 cdef inline Py_ssize_t _time(Py_ssize_t s, Py_ssize_t length, bint reverse) noexcept nogil:
