@@ -85,6 +85,7 @@ def test_info_json_reports_thread_settings(capsys, monkeypatch):
     assert report["threads"]["OMP_NUM_THREADS"] == "3"
     assert report["threads"]["OPENBLAS_NUM_THREADS"] is None
     assert report["threads"]["cpu_count"] == __import__("os").cpu_count()
+    assert report["threads"]["l2_cache_bytes"] == lstmx._threads.l2_cache_bytes()
     try:
         import threadpoolctl  # noqa: F401
     except ImportError:

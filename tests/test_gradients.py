@@ -273,8 +273,11 @@ def test_single_sequence_gradients(hidden, bidirectional, kernel, rng, monkeypat
     _lstm.ONE_PACKED_MAX_BYTES; backward is matmat_t (SMALL_N). Hidden
     sizes that are not a multiple of the vector width exercise their
     remainder loops, and H=20 in float64 also takes the units split (more
-    than SPLIT_MIN_BYTES of W_h)."""
+    than SPLIT_MIN_BYTES of W_h; bidirectional too, as where the L2's size
+    is unknown)."""
     import lstmx
+    import lstmx.lstm as lstm_module
+    monkeypatch.setattr(lstm_module, "l2_cache_bytes", lambda: None)
     if kernel == "matmat":
         monkeypatch.setattr(lstmx._lstm, "ONE_PACKED_MAX_BYTES", 0)
     arch = Arch(I, hidden, num_layers=2, bidirectional=bidirectional, peephole=True, output_size=O)

@@ -16,8 +16,15 @@ import lstmx.lstm as lstm_module
 from helpers import Arch, needs_split, random_state, random_x, run_reference
 
 
+def _l2_unknown(monkeypatch):
+    """A bidirectional single sequence then splits by units as one
+    direction does (SPLIT_MIN_BYTES), whatever this machine's L2."""
+    monkeypatch.setattr(lstm_module, "l2_cache_bytes", lambda: None)
+
+
 @pytest.fixture
 def split_always(monkeypatch):
+    _l2_unknown(monkeypatch)
     monkeypatch.setattr(lstm_module, "SPLIT_MIN_BYTES", 0)
 
 
@@ -38,6 +45,7 @@ def test_split_equals_one_thread(bidirectional, hidden, dtype, rng, monkeypatch)
     T = 9
     x = random_x(rng, T, 1, 6).astype(dtype)
     state = random_state(rng, net, 1)
+    _l2_unknown(monkeypatch)
     for lengths in (None, [6]):
         monkeypatch.setattr(lstm_module, "SPLIT_MIN_BYTES", 0)
         assert net._split_recurrence(1)
@@ -74,6 +82,45 @@ def test_when_a_recurrence_splits_by_units():
     assert huge._split_recurrence(64) == lstmx._lstm.can_split()
     bi = lstmx.LSTM(4, 1024, bidirectional=True, dtype=np.float32)
     assert not bi._split_recurrence(64)               # a direction on each thread
+
+
+@pytest.mark.parametrize("hidden, l2, units", [
+    (64, 512 << 10, False),     # W_h 64 KB: fits L2 whole
+    (192, 512 << 10, False),    # 576 KB: not SPLIT_L2_OVER times L2
+    (224, 512 << 10, True),     # 784 KB: a half fits L2, the whole does not
+    (256, 512 << 10, True),     # 1 MB: a half is L2's size
+    (320, 512 << 10, False),    # 1.6 MB: a half does not fit either
+    (320, 1 << 20, True),       # ... but fits a 1 MB L2
+    (320, None, True),          # L2 unknown: split from SPLIT_MIN_BYTES
+    (16, None, False),
+])
+def test_when_a_bidirectional_sequence_splits_by_units(hidden, l2, units, monkeypatch):
+    """A bidirectional single sequence runs a direction on each thread
+    unless a half of W_h fits L2 and the whole does not (SPLIT_L2_OVER)."""
+    monkeypatch.setattr(lstm_module, "l2_cache_bytes", lambda: l2)
+    net = lstmx.LSTM(4, hidden, bidirectional=True, dtype=np.float32)
+    expected = units and lstmx._lstm.can_split()
+    assert net._split_recurrence(1) == expected
+    assert net._split(1) == ("units" if expected else None)
+    assert not net._split_recurrence(1, threads=1)
+
+
+def test_l2_size_from_sysfs(tmp_path):
+    """The L2's size from Linux's cache description; None without one."""
+    from lstmx import _threads
+    for index, (level, kind, size) in enumerate(
+            [("1", "Data", "32K"), ("1", "Instruction", "32K"), ("2", "Unified", "1024K"),
+             ("3", "Unified", "32768K")]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(value + "\n")
+    assert _threads._read_l2_bytes(str(tmp_path)) == 1 << 20
+    (tmp_path / "index2" / "size").write_text("2M\n")
+    assert _threads._read_l2_bytes(str(tmp_path)) == 2 << 20
+    (tmp_path / "index2" / "size").write_text("garbage\n")
+    assert _threads._read_l2_bytes(str(tmp_path)) is None
+    assert _threads._read_l2_bytes(str(tmp_path / "absent")) is None
 
 
 @pytest.mark.parametrize("N", [2, 3, 4, 9, 16, 40], ids=lambda n: f"N{n}")
@@ -198,9 +245,10 @@ def one_thread():
     (9, False, 32, "batch", False), (6, True, 12, None, False), (20, False, 64, "batch", True)],
     ids=["units", "units-bi", "halves", "directions", "halves-backward"])
 def test_one_thread_gives_what_two_give(N, bidirectional, hidden, split, split_backward, rng,
-                                        one_thread):
+                                        one_thread, monkeypatch):
     """set_num_threads(1): every run on one thread, none split, the same
     results as on two."""
+    _l2_unknown(monkeypatch)
     net = Arch(5, hidden, num_layers=2, bidirectional=bidirectional, peephole=True,
                output_size=3).make(dtype=np.float64, seed=8)
     assert lstmx.get_num_threads() == 1
@@ -351,6 +399,7 @@ def test_a_chosen_split_gives_the_bits_of_one_thread(bidirectional, hidden, dtyp
                output_size=3).make(dtype=dtype, seed=10)
     x = random_x(rng, 9, 1, 6).astype(dtype)
     state = random_state(rng, net, 1)
+    _l2_unknown(monkeypatch)
     monkeypatch.setattr(lstm_module, "SPLIT_MIN_BYTES", 0)
     assert net._split(1) == "units"
     for lengths in (None, [7]):

@@ -60,6 +60,36 @@ def get_num_threads():
     return _num_threads
 
 
+def _read_l2_bytes(root="/sys/devices/system/cpu/cpu0/cache"):
+    """Size in bytes of the L2 cache of CPU 0 (Linux's sysfs), or None."""
+    for index in sorted(glob.glob(os.path.join(root, "index*"))):
+        try:
+            with open(os.path.join(index, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(index, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(index, "size")) as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        if level != "2" or kind not in ("Unified", "Data"):
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:].upper(), 1)
+        digits = size[:-1] if scale != 1 else size
+        if digits.isdigit() and int(digits) > 0:
+            return int(digits) * scale
+    return None
+
+
+_l2_bytes = _read_l2_bytes()
+
+
+def l2_cache_bytes():
+    """A core's L2 cache in bytes, as Linux reports it, or None where it
+    does not (then LSTM._split_recurrence keeps its default)."""
+    return _l2_bytes
+
+
 def _find_set_local():
     """openblas_set_num_threads_local of the OpenBLAS scipy loaded, or None."""
     try:

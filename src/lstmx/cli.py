@@ -41,7 +41,7 @@ import sys
 import numpy as np
 
 from . import __version__, _lstm
-from ._threads import get_num_threads
+from ._threads import get_num_threads, l2_cache_bytes
 
 __all__ = ["main", "command", "argument"]
 
@@ -178,6 +178,7 @@ def _info_report():
             "lstmx_threads": get_num_threads(),
             "cpu_count": os.cpu_count(),
             "usable_cpus": usable,
+            "l2_cache_bytes": l2_cache_bytes(),
             **{name: os.environ.get(name) for name in _THREAD_VARIABLES},
         },
         "threadpoolctl": _threadpools(),
@@ -201,6 +202,9 @@ def _print_info(report):
     rows.append(("lstmx threads", f"{threads['lstmx_threads']} (lstmx.set_num_threads)"))
     rows.append(("cpus", f"{threads['cpu_count']}"
                  + ("" if usable is None else f" ({usable} usable by this process)")))
+    l2 = threads["l2_cache_bytes"]
+    rows.append(("l2 cache", "(unknown)" if l2 is None else f"{l2 // 1024} KB a core"
+                 " (a bidirectional single sequence's split depends on it)"))
     for name in _THREAD_VARIABLES:
         rows.append((name, "(unset)" if threads[name] is None else threads[name]))
     pools = report["threadpoolctl"]

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _lstm
-from ._threads import blas_held, get_num_threads
+from ._threads import blas_held, get_num_threads, l2_cache_bytes
 from ._validation import (
     as_float_array,
     as_lengths,
@@ -50,6 +50,17 @@ FC_BIASES = "Fully_connected_layerbiases"
 # T=1000, N=1, float32, ms (split / one thread): H=8 0.71/0.37, H=16
 # 0.76/0.53, H=32 0.91/1.13, H=64 1.66/2.17, H=128 3.87/6.23.
 SPLIT_MIN_BYTES = 12 * 1024
+# A bidirectional single sequence runs a direction on each thread, except
+# when a half of W_h fits a core's L2 and W_h is more than this many times
+# its size: then each direction in turn is split by units (each thread
+# reads its half from L2, not all of W_h from L3). Measured with a 512 KB
+# L2, predict, N=1, float32, ms (split by units / a direction a thread,
+# alternating blocks): H=128 T=400 2.99/2.78 (W_h 0.25 MB); H=192 T=300
+# 4.80/4.52 (0.56 MB); H=224 5.72/6.34 (0.77 MB); H=256 7.71/8.50 (1 MB);
+# seed_infer (H=320, 1.6 MB, halves above L2 too) 22.75/20.64; H=512
+# T=100 14.32/13.04. Where Linux does not tell the L2's size, the
+# single sequence is split by units as one direction is.
+SPLIT_L2_OVER = 1.5
 # A one-direction run on at least this many sequences gives each of two
 # threads half of them (see LSTM._split). Measured, predict, float32, T=200,
 # input 16, head 44, ms (halves on two threads / one thread, alternating
@@ -515,8 +526,12 @@ class LSTM:
         A single sequence's step is a matrix-vector product that reads all
         of W_h (4H x H) for 2 flops a weight: it runs at the speed the core
         reads W_h, so two cores reading a half each take about half the
-        time; at H=320 in float32 W_h is also 1.6 MB, more than a core's L2
-        (1 MB here), and a half fits. Split from SPLIT_MIN_BYTES of W_h.
+        time. Split from SPLIT_MIN_BYTES of W_h.
+
+        Two directions of one sequence run on a thread each, with no
+        meeting at all, unless a half of W_h fits a core's L2 and the whole
+        does not (see SPLIT_L2_OVER): then the split reads from L2 what the
+        other way reads from L3.
 
         One direction of many sequences runs a GEMM per step, which is
         split this way when W_h is too large for each thread to read all of
@@ -528,6 +543,10 @@ class LSTM:
         if not _lstm.can_split() or threads == 1:
             return False
         w_h_bytes = 4 * H * H * self.dtype.itemsize
+        if N == 1 and self.num_directions == 2:
+            l2 = l2_cache_bytes()
+            if l2 is not None:
+                return w_h_bytes > SPLIT_L2_OVER * l2 and w_h_bytes / 2 <= l2
         if N == 1:
             return w_h_bytes > SPLIT_MIN_BYTES
         return self.num_directions == 1 and N >= SPLIT_MIN_BATCH and w_h_bytes > SPLIT_BATCH_MAX_BYTES
