@@ -260,3 +260,31 @@ def test_net_attributes(dtype):
     assert uni.num_layers == 1 and uni.num_directions == 1 and uni.bidirectional is False
     assert uni.peephole is True and uni.output_size is None
     assert np.dtype(uni.dtype) == np.float32
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("hidden", [13, 40], ids=lambda h: f"H{h}")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_backwards_steps_give_the_same_bits(dtype, hidden, threads, monkeypatch):
+    """A single sequence's recurrent product on W_h as it is (matmat) takes
+    the rows of every other step backwards, in chunks (_lstm.ZIGZAG_BYTES),
+    whole or split by units: the same bits as all steps forwards."""
+    import lstmx.lstm as lstm_module
+    monkeypatch.setattr(lstmx._lstm, "ONE_PACKED_MAX_BYTES", 0)   # matmat
+    monkeypatch.setattr(lstm_module, "SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(lstm_module, "l2_cache_bytes", lambda: None)
+    net = lstmx.LSTM(5, hidden, num_layers=2, bidirectional=True, output_size=3, dtype=dtype,
+                     seed=7)
+    x = np.random.default_rng(8).standard_normal((9, 1, 5)).astype(dtype)
+    old_threads = lstmx.get_num_threads()
+    lstmx.set_num_threads(threads)
+    old = lstmx._lstm._set_zigzag_bytes(1)        # chunks of 8 rows
+    try:
+        zigzag = net.predict(x), net.forward(x)[0]
+        lstmx._lstm._set_zigzag_bytes(0)
+        forwards = net.predict(x), net.forward(x)[0]
+    finally:
+        lstmx._lstm._set_zigzag_bytes(old)
+        lstmx.set_num_threads(old_threads)
+    for a, b in zip(zigzag, forwards):
+        np.testing.assert_array_equal(a, b)
