@@ -119,7 +119,7 @@ static inline LSTMX_INLINE float tanh_f32(float x)
 #define LSTMX_EXP64_REDUCE(T, x, t, p)                                        \
     T t = x * 1.4426950408889634 + LSTMX_EXP64_MAGIC;                         \
     T nd = t - LSTMX_EXP64_MAGIC;   /* n, as a double */                      \
-    /* ln2 in two parts, nd * LN2_HI exact for |n| < 2^21 */       \
+    /* ln2 in two parts, nd * LN2_HI exact for |n| < 2^21 */                  \
     T r = x - nd * 6.93147180369123816490e-01;                                \
     r = r - nd * 1.90821492927058770002e-10;                                  \
     p = p * r + 1.0 / 479001600.0;                                            \
@@ -172,7 +172,8 @@ static inline LSTMX_INLINE double sigmoid_f64(double x)
 /* tanh x: for |x| < 0.625, x + x^3 q(x^2) with q the degree-11 polynomial
  * interpolating (tanh x - x) / x^3 at Chebyshev nodes of x^2 in [0, 0.390625]
  * (error < 1e-17 relative to tanh); above, 1 - 2 / (e^{2|x|} + 1), whose
- * cancellation costs at most about an ulp from 0.625 up. */
+ * cancellation costs at most about an ulp from 0.625 up. q holds the
+ * leading coefficient (LSTMX_TANH64_Q11) and ends as the small branch. */
 #define LSTMX_TANH64_SMALL(T, x, s, q)                                        \
     T s = x * x;                                                              \
     q = q * s - 3.12011014257974e-05;                                         \
