@@ -94,7 +94,8 @@ def test_nan_and_infinities():
 
 # ---- float64: as exact as libm ------------------------------------------
 
-# glibc's own, on these grids: exp 0.51 ulp, tanh 1.19 (measured here)
+# glibc's own on these grids, measured here: exp 0.51 ulp, tanh 1.17, sigmoid
+# on glibc's exp 2.23
 ULP_EXP64, ULP_SIGMOID64, ULP_TANH64 = 1.25, 2.5, 1.5
 WIDE_LONG_DOUBLE = np.finfo(np.longdouble).eps < 1e-18
 GRIDS64 = {
