@@ -138,11 +138,9 @@ def _activations(const floating[::1] z, floating[::1] exp_out,
     if n == 0:
         return
     if floating is float:
-        lstmx_activations_f32(z.shape[0], &z[0], &exp_out[0], &sigmoid_out[0],
-                              &tanh_out[0])
+        lstmx_activations_f32(n, &z[0], &exp_out[0], &sigmoid_out[0], &tanh_out[0])
     else:
-        lstmx_activations_f64(z.shape[0], &z[0], &exp_out[0], &sigmoid_out[0],
-                              &tanh_out[0])
+        lstmx_activations_f64(n, &z[0], &exp_out[0], &sigmoid_out[0], &tanh_out[0])
 
 
 cdef inline Py_ssize_t _time(Py_ssize_t s, Py_ssize_t length, bint reverse) noexcept nogil:
@@ -210,8 +208,8 @@ cdef inline void _matmat(Py_ssize_t M, Py_ssize_t K, const floating* W,
 # seed_infer (a direction of 1.6 MB a thread) 0.988, 0.995, 0.971 at 80 KB,
 # 0.973, 0.978, 0.967 at 160 KB, 0.974, 0.981, 0.979 at 320 KB, and at this
 # 128 KB 0.971, 1.001, 0.930; split by units, H=320 (0.8 MB a thread)
-# 0.974, 1.003, 0.951, H=512 (2 MB) 1.045, 0.989, 0.998. It gains less than
-# the L2's share of W_h: the L2 keeps less of the last rows than LRU would.
+# 0.974, 1.003, 0.951, H=512 (2 MB) 1.045, 0.989, 0.998. That is less than
+# the L2's share of W_h (a third at H=320) would give; why was not measured.
 cdef Py_ssize_t ZIGZAG_BYTES = 128 * 1024
 
 
