@@ -998,15 +998,77 @@ static LSTMX_FMA_INLINE void store_f64(double *p, vec_f64 v)
 }
 
 /* The cell forward and the activations' test hook on LANES units at a
- * time, the scalar loop past the last LANES (the lanes give its bits). */
+ * time, the scalar loop past the last LANES (the lanes give its bits).
+ *
+ * The cell's step is LSTMX_CELL_STEP's, cut into loops over a block of
+ * units: i, f and g each a loop of their own, then c_t, o and h. In one
+ * loop a unit's chain of dependent operations (three activations, c_t,
+ * then o and tanh c_t) was longer than the out-of-order window could
+ * cover, and lanes of 8 units hardly overlapped; a loop of one activation
+ * per lane group leaves several groups in flight. The same operations on
+ * each unit, so the same bits. float32, one core, ns a call, one loop /
+ * these loops: 32 units (small_infer's half) 153-160/123-126, 64 units
+ * 302-313/230-234, 320 1568/1178; below 4 lane groups the loops took
+ * longer (8 units 42/57-80), and the one loop runs. */
+#define LSTMX_CELL_BLOCK 64
+#define LSTMX_GATE_PRE(LD, g, j)                                              \
+    (LD(a + (g) * H + (j)) + LD(rec + (g) * H + (j)) + LD(bias + (g) * H + (j)))
 #define LSTMX_CELL_FORWARD_VEC(SFX, LANES, keep_value)                        \
     {                                                                         \
         const int keep = keep_value;                                          \
-        ptrdiff_t j = 0;                                                      \
-        for (; j + LANES <= n; j += LANES)                                    \
-            LSTMX_CELL_STEP(vec_##SFX, load_##SFX, store_##SFX,               \
-                            sigmoid_v##LANES, tanh_v##LANES, j)               \
-        cell_forward_loop_##SFX(j, n, H, a, rec, bias, peep, h, c, h_out,     \
+        typedef vec_##SFX V;                                                  \
+        V vi[LSTMX_CELL_BLOCK / LANES], vf[LSTMX_CELL_BLOCK / LANES];         \
+        V vg[LSTMX_CELL_BLOCK / LANES];                                       \
+        ptrdiff_t j0 = 0;                                                     \
+        if (n < 4 * LANES)  /* see LSTMX_CELL_BLOCK */                        \
+            for (; j0 + LANES <= n; j0 += LANES)                              \
+                LSTMX_CELL_STEP(V, load_##SFX, store_##SFX, sigmoid_v##LANES, \
+                                tanh_v##LANES, j0)                            \
+        for (; j0 + LANES <= n; j0 += LSTMX_CELL_BLOCK) {                     \
+            ptrdiff_t left = (n - j0) / LANES;                                \
+            const ptrdiff_t nv = left < LSTMX_CELL_BLOCK / LANES              \
+                                 ? left : LSTMX_CELL_BLOCK / LANES;           \
+            for (ptrdiff_t v = 0; v < nv; v++) {                              \
+                ptrdiff_t j = j0 + v * LANES;                                 \
+                vi[v] = sigmoid_v##LANES(LSTMX_GATE_PRE(load_##SFX, 0, j)     \
+                                         + load_##SFX(peep + j)               \
+                                           * load_##SFX(c + j));              \
+            }                                                                 \
+            for (ptrdiff_t v = 0; v < nv; v++) {                              \
+                ptrdiff_t j = j0 + v * LANES;                                 \
+                vf[v] = sigmoid_v##LANES(LSTMX_GATE_PRE(load_##SFX, 1, j)     \
+                                         + load_##SFX(peep + H + j)           \
+                                           * load_##SFX(c + j));              \
+            }                                                                 \
+            for (ptrdiff_t v = 0; v < nv; v++) {                              \
+                ptrdiff_t j = j0 + v * LANES;                                 \
+                vg[v] = tanh_v##LANES(LSTMX_GATE_PRE(load_##SFX, 2, j));      \
+            }                                                                 \
+            for (ptrdiff_t v = 0; v < nv; v++) {                              \
+                ptrdiff_t j = j0 + v * LANES;                                 \
+                V c_prev = load_##SFX(c + j), i = vi[v], f = vf[v];           \
+                V g = vg[v];                                                  \
+                V c_t = f * c_prev + i * g;                                   \
+                V o = sigmoid_v##LANES(LSTMX_GATE_PRE(load_##SFX, 3, j)       \
+                                       + load_##SFX(peep + 2 * H + j) * c_t); \
+                V h_t = o * tanh_v##LANES(c_t);                               \
+                store_##SFX(c + j, c_t);                                      \
+                store_##SFX(h + j, h_t);                                      \
+                store_##SFX(h_out + j, h_t);                                  \
+                if (keep) {                                                   \
+                    store_##SFX(a + j, i);                                    \
+                    store_##SFX(a + H + j, f);                                \
+                    store_##SFX(a + 2 * H + j, g);                            \
+                    store_##SFX(a + 3 * H + j, o);                            \
+                    store_##SFX(c_out + j, c_t);                              \
+                }                                                             \
+            }                                                                 \
+            if (nv < LSTMX_CELL_BLOCK / LANES) {                              \
+                j0 += nv * LANES;                                             \
+                break;                                                        \
+            }                                                                 \
+        }                                                                     \
+        cell_forward_loop_##SFX(j0, n, H, a, rec, bias, peep, h, c, h_out,    \
                                 c_out, keep);                                 \
     }
 
