@@ -651,13 +651,13 @@ static inline void row_##SFX(ptrdiff_t K, const int np, const int mr,         \
  * (forward: rec = h W_h^T); sm = 1, sk = ldw packs B = W for W (K, M)
  * (backward: dh = da W_h). */
 #define LSTMX_PACK(T, SFX, LANES)                                             \
-ptrdiff_t lstmx_packed_size_##SFX(ptrdiff_t M, ptrdiff_t K)                   \
+static ptrdiff_t packed_size_##SFX(ptrdiff_t M, ptrdiff_t K)                  \
 {                                                                             \
     return (M + 2 * LANES - 1) / (2 * LANES) * 2 * LANES * K;                 \
 }                                                                             \
                                                                               \
-void lstmx_pack_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, ptrdiff_t sm,    \
-                      ptrdiff_t sk, T *P)                                     \
+static void pack_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, ptrdiff_t sm,    \
+                        ptrdiff_t sk, T *P)                                   \
 {                                                                             \
     const ptrdiff_t NR = 2 * LANES;                                           \
     for (ptrdiff_t j0 = 0; j0 < M; j0 += NR, P += NR * K)                     \
@@ -780,7 +780,7 @@ static ATTR void gemm_tn_##SFX##V(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,     \
         ptrdiff_t kc = K - k0 < LSTMX_KC ? K - k0 : LSTMX_KC;                 \
         for (ptrdiff_t j0 = 0; j0 < Nc; j0 += NR) {                           \
             ptrdiff_t nc = Nc - j0 < NR ? Nc - j0 : NR;                       \
-            lstmx_pack_##SFX(nc, kc, B + k0 * ldb + j0, 1, ldb, panel);       \
+            pack_##SFX(nc, kc, B + k0 * ldb + j0, 1, ldb, panel);             \
             for (ptrdiff_t m = 0, mr; m < M; m += mr) {                       \
                 mr = lstmx_tile_rows(M - m);                                  \
                 LSTMX_TILE_CALL(tile_##SFX, kc, mr, A + k0 * lda + m, 1, lda, \
@@ -1013,7 +1013,7 @@ static LSTMX_FMA_INLINE void store_f64(double *p, vec_f64 v)
 #define LSTMX_CELL_BLOCK 64
 #define LSTMX_GATE_PRE(LD, g, j)                                              \
     (LD(a + (g) * H + (j)) + LD(rec + (g) * H + (j)) + LD(bias + (g) * H + (j)))
-#define LSTMX_CELL_FORWARD_VEC(SFX, LANES, keep_value)                        \
+#define LSTMX_CELL_FORWARD_VEC(SFX, TS, LANES, ACT, keep_value)               \
     {                                                                         \
         const int keep = keep_value;                                          \
         typedef vec_##SFX V;                                                  \
@@ -1022,36 +1022,36 @@ static LSTMX_FMA_INLINE void store_f64(double *p, vec_f64 v)
         ptrdiff_t j0 = 0;                                                     \
         if (n < 4 * LANES)  /* see LSTMX_CELL_BLOCK */                        \
             for (; j0 + LANES <= n; j0 += LANES)                              \
-                LSTMX_CELL_STEP(V, load_##SFX, store_##SFX, sigmoid_v##LANES, \
-                                tanh_v##LANES, j0)                            \
+                LSTMX_CELL_STEP(V, load_##SFX, store_##SFX, sigmoid_##ACT,    \
+                                tanh_##ACT, j0)                               \
         for (; j0 + LANES <= n; j0 += LSTMX_CELL_BLOCK) {                     \
             ptrdiff_t left = (n - j0) / LANES;                                \
             const ptrdiff_t nv = left < LSTMX_CELL_BLOCK / LANES              \
                                  ? left : LSTMX_CELL_BLOCK / LANES;           \
             for (ptrdiff_t v = 0; v < nv; v++) {                              \
                 ptrdiff_t j = j0 + v * LANES;                                 \
-                vi[v] = sigmoid_v##LANES(LSTMX_GATE_PRE(load_##SFX, 0, j)     \
+                vi[v] = sigmoid_##ACT(LSTMX_GATE_PRE(load_##SFX, 0, j)        \
                                          + load_##SFX(peep + j)               \
                                            * load_##SFX(c + j));              \
             }                                                                 \
             for (ptrdiff_t v = 0; v < nv; v++) {                              \
                 ptrdiff_t j = j0 + v * LANES;                                 \
-                vf[v] = sigmoid_v##LANES(LSTMX_GATE_PRE(load_##SFX, 1, j)     \
+                vf[v] = sigmoid_##ACT(LSTMX_GATE_PRE(load_##SFX, 1, j)        \
                                          + load_##SFX(peep + H + j)           \
                                            * load_##SFX(c + j));              \
             }                                                                 \
             for (ptrdiff_t v = 0; v < nv; v++) {                              \
                 ptrdiff_t j = j0 + v * LANES;                                 \
-                vg[v] = tanh_v##LANES(LSTMX_GATE_PRE(load_##SFX, 2, j));      \
+                vg[v] = tanh_##ACT(LSTMX_GATE_PRE(load_##SFX, 2, j));         \
             }                                                                 \
             for (ptrdiff_t v = 0; v < nv; v++) {                              \
                 ptrdiff_t j = j0 + v * LANES;                                 \
                 V c_prev = load_##SFX(c + j), i = vi[v], f = vf[v];           \
                 V g = vg[v];                                                  \
                 V c_t = f * c_prev + i * g;                                   \
-                V o = sigmoid_v##LANES(LSTMX_GATE_PRE(load_##SFX, 3, j)       \
+                V o = sigmoid_##ACT(LSTMX_GATE_PRE(load_##SFX, 3, j)          \
                                        + load_##SFX(peep + 2 * H + j) * c_t); \
-                V h_t = o * tanh_v##LANES(c_t);                               \
+                V h_t = o * tanh_##ACT(c_t);                                  \
                 store_##SFX(c + j, c_t);                                      \
                 store_##SFX(h + j, h_t);                                      \
                 store_##SFX(h_out + j, h_t);                                  \
@@ -1068,39 +1068,38 @@ static LSTMX_FMA_INLINE void store_f64(double *p, vec_f64 v)
                 break;                                                        \
             }                                                                 \
         }                                                                     \
-        cell_forward_loop_##SFX(j0, n, H, a, rec, bias, peep, h, c, h_out,    \
+        cell_forward_loop_##TS(j0, n, H, a, rec, bias, peep, h, c, h_out,     \
                                 c_out, keep);                                 \
     }
 
-#define LSTMX_VEC_KERNELS(T, SFX, LANES)                                      \
-static LSTMX_FMA void cell_forward_##SFX##_fma(                               \
+#define LSTMX_VEC_KERNELS(T, SFX, TS, LANES, ACT, V, ATTR)                    \
+static ATTR void cell_forward_##SFX##V(                                       \
     ptrdiff_t n, ptrdiff_t H, T *restrict a, const T *restrict rec,           \
     const T *restrict bias, const T *restrict peep, T *restrict h,            \
     T *restrict c, T *restrict h_out, T *restrict c_out)                      \
 {                                                                             \
     if (c_out)                                                                \
-        LSTMX_CELL_FORWARD_VEC(SFX, LANES, 1)                                 \
+        LSTMX_CELL_FORWARD_VEC(SFX, TS, LANES, ACT, 1)                        \
     else                                                                      \
-        LSTMX_CELL_FORWARD_VEC(SFX, LANES, 0)                                 \
+        LSTMX_CELL_FORWARD_VEC(SFX, TS, LANES, ACT, 0)                        \
 }                                                                             \
                                                                               \
-static LSTMX_FMA void activations_##SFX##_fma(ptrdiff_t n,                    \
-                                              const T *restrict z,            \
-                                              T *restrict e, T *restrict s,   \
-                                              T *restrict t)                  \
+static ATTR void activations_##SFX##V(ptrdiff_t n, const T *restrict z,       \
+                                      T *restrict e, T *restrict s,           \
+                                      T *restrict t)                          \
 {                                                                             \
     ptrdiff_t j = 0;                                                          \
     for (; j + LANES <= n; j += LANES) {                                      \
         vec_##SFX v = load_##SFX(z + j);                                      \
-        store_##SFX(e + j, exp_v##LANES(v));                                  \
-        store_##SFX(s + j, sigmoid_v##LANES(v));                              \
-        store_##SFX(t + j, tanh_v##LANES(v));                                 \
+        store_##SFX(e + j, exp_##ACT(v));                                     \
+        store_##SFX(s + j, sigmoid_##ACT(v));                                 \
+        store_##SFX(t + j, tanh_##ACT(v));                                    \
     }                                                                         \
-    LSTMX_ACTIVATIONS_LOOP(SFX, j)                                            \
+    LSTMX_ACTIVATIONS_LOOP(TS, j)                                             \
 }
 
-LSTMX_VEC_KERNELS(float, f32, 8)
-LSTMX_VEC_KERNELS(double, f64, 4)
+LSTMX_VEC_KERNELS(float, f32, f32, 8, v8, _fma, LSTMX_FMA)
+LSTMX_VEC_KERNELS(double, f64, f64, 4, v4, _fma, LSTMX_FMA)
 
 /* matmat on 8 rows at a time (float32, one sequence): a row's 8
  * lanes of products accumulate over k in one register, and the 8 rows' sums
@@ -1175,23 +1174,144 @@ static LSTMX_FMA_INLINE void softmax_exps_v8(ptrdiff_t C, const float *zr,
 
 LSTMX_SOFTMAX_XENT(float, f32, _fma, LSTMX_FMA, softmax_exps_v8)
 
-static int use_fma = 0;
+/* ---- the AVX-512 build ---------------------------------------------------
+ *
+ * Where the CPU has AVX-512 (F and DQ), the packed GEMM family (gemm_packed,
+ * its one-row kernel gemv_packed, gemm_tn and the packing they read) and
+ * the cell forward run on 512-bit vectors: the generic macros above with
+ * twice the lanes (a panel is NR = 32 float32 or 16 float64 columns, so the
+ * packed layout is this build's own: lstmx_pack and lstmx_packed_size pick
+ * it too), and the activations below on 16 (8) lanes with the formulas of
+ * exp_f32 and exp_f64. The other kernels are the AVX2 + FMA build's. Each
+ * sum is still taken over k in order, so every thread split gives the same
+ * bits as one thread within this build, as in the others. */
+#include <immintrin.h>
+
+#define LSTMX_512 __attribute__((target("avx512f,avx512dq,avx2,fma")))
+#define LSTMX_512_INLINE LSTMX_512 __attribute__((always_inline)) inline
+
+LSTMX_DOTS(float, f32z, 16)
+LSTMX_DOTS(double, f64z, 8)
+LSTMX_GEMM_TILE(float, f32z, 16)
+LSTMX_GEMM_TILE(double, f64z, 8)
+LSTMX_PACK(float, f32z, 16)
+LSTMX_PACK(double, f64z, 8)
+LSTMX_GEMV_PACKED(float, f32z, 16, _512, LSTMX_512)
+LSTMX_GEMV_PACKED(double, f64z, 8, _512, LSTMX_512)
+LSTMX_GEMM_PACKED(float, f32z, 16, _512, LSTMX_512)
+LSTMX_GEMM_PACKED(double, f64z, 8, _512, LSTMX_512)
+LSTMX_GEMM_TN(float, f32z, 16, _512, LSTMX_512)
+LSTMX_GEMM_TN(double, f64z, 8, _512, LSTMX_512)
+
+/* exp_v8's, sigmoid_v8's and tanh_v8's arithmetic on 16 lanes */
+typedef int32_t vec_i32z __attribute__((vector_size(64)));
+#define LSTMX_SPLAT16(v) ((vec_f32z){v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v})
+
+static LSTMX_512_INLINE vec_f32z exp_v16(vec_f32z x)
+{
+    x = (vec_f32z)_mm512_max_ps((__m512)LSTMX_SPLAT16(-87.0f), (__m512)x);  /* NaN: x */
+    x = (vec_f32z)_mm512_min_ps((__m512)LSTMX_SPLAT16(88.0f), (__m512)x);
+    vec_f32z p = LSTMX_SPLAT16(1.0f / 5040.0f);
+    LSTMX_EXP_REDUCE(vec_f32z, x, n, p)
+    vec_i32z bits = (__builtin_convertvector(n, vec_i32z) + 127) << 23;
+    return p * (vec_f32z)bits;
+}
+
+static LSTMX_512_INLINE vec_f32z sigmoid_v16(vec_f32z x)
+{
+    return 1.0f / (1.0f + exp_v16(-x));
+}
+
+static LSTMX_512_INLINE vec_f32z tanh_v16(vec_f32z x)
+{
+    const vec_i32z magnitude = (vec_i32z)LSTMX_SPLAT16(0.0f) + 0x7fffffff;
+    vec_f32z ax = (vec_f32z)((vec_i32z)x & magnitude);
+    vec_f32z big = 1.0f - 2.0f / (exp_v16(2.0f * ax) + 1.0f);
+    vec_f32z x2 = x * x;
+    vec_f32z small = LSTMX_SPLAT16(62.0f / 2835.0f);
+    small = small * x2 - 17.0f / 315.0f;
+    small = small * x2 + 2.0f / 15.0f;
+    small = small * x2 - 1.0f / 3.0f;
+    small = small * x2 + 1.0f;
+    small = small * ax;
+    vec_i32z use_small = ax < 0.25f;
+    vec_i32z t = (use_small & (vec_i32z)small) | (~use_small & (vec_i32z)big);
+    return (vec_f32z)((t & magnitude) | ((vec_i32z)x & ~magnitude));  /* copysign */
+}
+
+/* exp_v4's, sigmoid_v4's and tanh_v4's arithmetic on 8 lanes */
+typedef int64_t vec_i64z __attribute__((vector_size(64)));
+typedef uint64_t vec_u64z __attribute__((vector_size(64)));
+#define LSTMX_SPLAT8D(v) ((vec_f64z){v, v, v, v, v, v, v, v})
+
+static LSTMX_512_INLINE vec_f64z exp_w8(vec_f64z x)
+{
+    x = (vec_f64z)_mm512_max_pd((__m512d)LSTMX_SPLAT8D(-746.0), (__m512d)x);  /* NaN: x */
+    x = (vec_f64z)_mm512_min_pd((__m512d)LSTMX_SPLAT8D(710.0), (__m512d)x);
+    vec_f64z p = LSTMX_SPLAT8D(1.0 / 6227020800.0);
+    LSTMX_EXP64_REDUCE(vec_f64z, x, t, p)
+    vec_i64z n = (vec_i64z)t - (vec_i64z)LSTMX_SPLAT8D(LSTMX_EXP64_MAGIC);
+    vec_i64z n1 = LSTMX_HALF_N(vec_i64z, vec_u64z, n);
+    return p * (vec_f64z)((n1 + 1023) << 52) * (vec_f64z)((n - n1 + 1023) << 52);
+}
+
+static LSTMX_512_INLINE vec_f64z sigmoid_w8(vec_f64z x)
+{
+    return 1.0 / (1.0 + exp_w8(-x));
+}
+
+static LSTMX_512_INLINE vec_f64z tanh_w8(vec_f64z x)
+{
+    const vec_i64z magnitude = (vec_i64z)LSTMX_SPLAT8D(0.0) + 0x7fffffffffffffff;
+    vec_f64z ax = (vec_f64z)((vec_i64z)x & magnitude);
+    vec_f64z big = 1.0 - 2.0 / (exp_w8(2.0 * ax) + 1.0);
+    vec_f64z small = LSTMX_SPLAT8D(LSTMX_TANH64_Q11);
+    LSTMX_TANH64_SMALL(vec_f64z, x, s, small)
+    vec_i64z signed_big = ((vec_i64z)big & magnitude) | ((vec_i64z)x & ~magnitude);
+    vec_i64z use_small = ax < 0.625;
+    return (vec_f64z)((use_small & (vec_i64z)small) | (~use_small & signed_big));
+}
+
+static LSTMX_512_INLINE void store_f32z(float *p, vec_f32z v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+static LSTMX_512_INLINE void store_f64z(double *p, vec_f64z v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+LSTMX_VEC_KERNELS(float, f32z, f32, 16, v16, _512, LSTMX_512)
+LSTMX_VEC_KERNELS(double, f64z, f64, 8, w8, _512, LSTMX_512)
+
+static int use_fma = 0, use_512 = 0;
 
 /* LSTMX_KERNELS=baseline in the environment keeps the baseline build on
- * any CPU: the tests run both builds this way (tests/test_kernels_build.py). */
+ * any CPU, LSTMX_KERNELS=avx2 the AVX2 + FMA build on an AVX-512 CPU: the
+ * tests run every build this way (tests/test_kernels_build.py). */
 __attribute__((constructor)) static void lstmx_detect_cpu(void)
 {
     const char *forced = getenv("LSTMX_KERNELS");
     __builtin_cpu_init();
     use_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    use_512 = use_fma && __builtin_cpu_supports("avx512f")
+              && __builtin_cpu_supports("avx512dq");
     if (forced && strcmp(forced, "baseline") == 0)
-        use_fma = 0;
+        use_fma = use_512 = 0;
+    if (forced && strcmp(forced, "avx2") == 0)
+        use_512 = 0;
 }
 
 #define LSTMX_PICK(name) (use_fma ? name##_fma : name##_base)
+/* name's AVX-512 build is wide##_512 (wide: name with the f32z/f64z suffix) */
+#define LSTMX_PICK_WIDE(name, wide) (use_512 ? wide##_512 : LSTMX_PICK(name))
+#define LSTMX_PICK_PACKING(name, wide) (use_512 ? wide : name)
 #else
 #define LSTMX_PICK(name) name##_base
-static const int use_fma = 0;
+#define LSTMX_PICK_WIDE(name, wide) name##_base
+#define LSTMX_PICK_PACKING(name, wide) name
+static const int use_fma = 0, use_512 = 0;
 #endif
 
 int lstmx_uses_fma(void)
@@ -1199,13 +1319,18 @@ int lstmx_uses_fma(void)
     return use_fma;
 }
 
+int lstmx_uses_avx512(void)
+{
+    return use_512;
+}
+
 #define LSTMX_PUBLIC(T, SFX)                                                  \
 void lstmx_cell_forward_##SFX(ptrdiff_t n, ptrdiff_t H, T *a, const T *rec,   \
                               const T *bias, const T *peep, T *h, T *c,       \
                               T *h_out, T *c_out)                             \
 {                                                                             \
-    LSTMX_PICK(cell_forward_##SFX)(n, H, a, rec, bias, peep, h, c, h_out,     \
-                                   c_out);                                    \
+    LSTMX_PICK_WIDE(cell_forward_##SFX, cell_forward_##SFX##z)(               \
+        n, H, a, rec, bias, peep, h, c, h_out, c_out);                        \
 }                                                                             \
                                                                               \
 void lstmx_cell_backward_##SFX(ptrdiff_t H, const T *act, const T *c_t,       \
@@ -1233,20 +1358,34 @@ void lstmx_gemm_packed_##SFX(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,           \
                              const T *A, ptrdiff_t lda, const T *P, T *C,     \
                              ptrdiff_t ldc)                                   \
 {                                                                             \
-    LSTMX_PICK(gemm_packed_##SFX)(N, M, K, A, lda, P, C, ldc);                \
+    LSTMX_PICK_WIDE(gemm_packed_##SFX, gemm_packed_##SFX##z)(                 \
+        N, M, K, A, lda, P, C, ldc);                                          \
 }                                                                             \
                                                                               \
 void lstmx_gemm_tn_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,            \
                          const T *A, ptrdiff_t lda, const T *B, ptrdiff_t ldb, \
                          T *C, ptrdiff_t ldc)                                 \
 {                                                                             \
-    LSTMX_PICK(gemm_tn_##SFX)(M, Nc, K, A, lda, B, ldb, C, ldc);              \
+    LSTMX_PICK_WIDE(gemm_tn_##SFX, gemm_tn_##SFX##z)(                         \
+        M, Nc, K, A, lda, B, ldb, C, ldc);                                    \
 }                                                                             \
                                                                               \
 void lstmx_gemv_packed_##SFX(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,           \
                              const T *x, const T *P, T *y, ptrdiff_t gs)      \
 {                                                                             \
-    LSTMX_PICK(gemv_packed_##SFX)(B, M, K, x, P, y, gs, 1, 0, 0);             \
+    LSTMX_PICK_WIDE(gemv_packed_##SFX, gemv_packed_##SFX##z)(                 \
+        B, M, K, x, P, y, gs, 1, 0, 0);                                       \
+}                                                                             \
+                                                                              \
+ptrdiff_t lstmx_packed_size_##SFX(ptrdiff_t M, ptrdiff_t K)                   \
+{                                                                             \
+    return LSTMX_PICK_PACKING(packed_size_##SFX, packed_size_##SFX##z)(M, K); \
+}                                                                             \
+                                                                              \
+void lstmx_pack_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, ptrdiff_t sm,    \
+                      ptrdiff_t sk, T *P)                                     \
+{                                                                             \
+    LSTMX_PICK_PACKING(pack_##SFX, pack_##SFX##z)(M, K, W, sm, sk, P);        \
 }                                                                             \
                                                                               \
 double lstmx_softmax_xent_##SFX(ptrdiff_t R, ptrdiff_t C, const T *z,         \
@@ -1262,13 +1401,13 @@ LSTMX_PUBLIC(double, f64)
 void lstmx_activations_f32(ptrdiff_t n, const float *z, float *e, float *s,
                            float *t)
 {
-    LSTMX_PICK(activations_f32)(n, z, e, s, t);
+    LSTMX_PICK_WIDE(activations_f32, activations_f32z)(n, z, e, s, t);
 }
 
 void lstmx_activations_f64(ptrdiff_t n, const double *z, double *e, double *s,
                            double *t)
 {
-    LSTMX_PICK(activations_f64)(n, z, e, s, t);
+    LSTMX_PICK_WIDE(activations_f64, activations_f64z)(n, z, e, s, t);
 }
 
 /* ---- a barrier for the threads that share one recurrence --------------- */

@@ -54,6 +54,8 @@ LSTMX_DECLARE_MATMAT(double, f64)
 
 /* 1 when the kernels run their AVX2+FMA build (chosen at load), else 0 */
 int lstmx_uses_fma(void);
+/* 1 when the packed GEMMs and the cell forward run their AVX-512 build */
+int lstmx_uses_avx512(void);
 
 LSTMX_DECLARE_GEMM(float, f32)
 LSTMX_DECLARE_GEMM(double, f64)

@@ -96,6 +96,7 @@ cdef extern from "_cell.h" nogil:
                                   const unsigned char* valid, double scale,
                                   double* dz)
     int lstmx_uses_fma()
+    int lstmx_uses_avx512()
     void lstmx_gemv_packed_f32(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
                                const float* x, const float* P, float* y,
                                Py_ssize_t gs)
@@ -700,8 +701,11 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
 
 
 def kernel_target():
-    """The build of _cell.c's kernels in use on this CPU: "avx2+fma" or
-    "baseline" (chosen when the module loads)."""
+    """The build of _cell.c's kernels in use on this CPU: "avx512",
+    "avx2+fma" or "baseline" (chosen when the module loads; LSTMX_KERNELS
+    set to "baseline" or "avx2" keeps a narrower one)."""
+    if lstmx_uses_avx512():
+        return "avx512"
     return "avx2+fma" if lstmx_uses_fma() else "baseline"
 
 
