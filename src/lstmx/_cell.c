@@ -1327,10 +1327,14 @@ int lstmx_uses_avx512(void)
 #define LSTMX_PUBLIC(T, SFX)                                                  \
 void lstmx_cell_forward_##SFX(ptrdiff_t n, ptrdiff_t H, T *a, const T *rec,   \
                               const T *bias, const T *peep, T *h, T *c,       \
-                              T *h_out, T *c_out)                             \
+                              T *h_out, T *c_out, int wide)                   \
 {                                                                             \
-    LSTMX_PICK_WIDE(cell_forward_##SFX, cell_forward_##SFX##z)(               \
-        n, H, a, rec, bias, peep, h, c, h_out, c_out);                        \
+    if (wide)                                                                 \
+        LSTMX_PICK_WIDE(cell_forward_##SFX, cell_forward_##SFX##z)(           \
+            n, H, a, rec, bias, peep, h, c, h_out, c_out);                    \
+    else                                                                      \
+        LSTMX_PICK(cell_forward_##SFX)(n, H, a, rec, bias, peep, h, c, h_out, \
+                                       c_out);                                \
 }                                                                             \
                                                                               \
 void lstmx_cell_backward_##SFX(ptrdiff_t H, const T *act, const T *c_t,       \

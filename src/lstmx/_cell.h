@@ -7,11 +7,14 @@
 
 #include <stddef.h>
 
+/* wide: the AVX-512 build where there is one (the caller's products run
+ * the packed kernels, built for it too), else at most AVX2 + FMA (a step on
+ * matmat: see _lstm.pyx's _forward) */
 #define LSTMX_DECLARE_CELL(T, SFX)                                            \
     void lstmx_cell_forward_##SFX(ptrdiff_t n, ptrdiff_t H, T *a,            \
                                   const T *rec,                              \
                                   const T *bias, const T *peep, T *h, T *c,  \
-                                  T *h_out, T *c_out);                       \
+                                  T *h_out, T *c_out, int wide);             \
     void lstmx_cell_backward_##SFX(ptrdiff_t H, const T *act, const T *c_t,  \
                                    const T *c_prev, const T *peep,           \
                                    const T *dh_out, const T *dh_next, T *dc, \

@@ -33,11 +33,11 @@ cdef extern from "_cell.h" nogil:
     void lstmx_cell_forward_f32(Py_ssize_t n, Py_ssize_t H, float* a,
                                 const float* rec, const float* bias,
                                 const float* peep, float* h, float* c,
-                                float* h_out, float* c_out)
+                                float* h_out, float* c_out, int wide)
     void lstmx_cell_forward_f64(Py_ssize_t n, Py_ssize_t H, double* a,
                                 const double* rec, const double* bias,
                                 const double* peep, double* h, double* c,
-                                double* h_out, double* c_out)
+                                double* h_out, double* c_out, int wide)
     int LSTMX_HAVE_BARRIER
     void lstmx_barrier_wait(int* b, int nthreads, int* sense)
     struct lstmx_worker:
@@ -108,12 +108,14 @@ cdef extern from "_cell.h" nogil:
 cdef inline void _cell_forward(Py_ssize_t n, Py_ssize_t H, floating* a,
                                const floating* rec, const floating* bias,
                                const floating* peep, floating* h, floating* c,
-                               floating* h_out, floating* c_out) noexcept nogil:
-    """One step of n units of one sequence: the elementwise cell of _cell.c."""
+                               floating* h_out, floating* c_out,
+                               bint wide) noexcept nogil:
+    """One step of n units of one sequence: the elementwise cell of _cell.c
+    (wide: its AVX-512 build where there is one)."""
     if floating is float:
-        lstmx_cell_forward_f32(n, H, a, rec, bias, peep, h, c, h_out, c_out)
+        lstmx_cell_forward_f32(n, H, a, rec, bias, peep, h, c, h_out, c_out, wide)
     else:
-        lstmx_cell_forward_f64(n, H, a, rec, bias, peep, h, c, h_out, c_out)
+        lstmx_cell_forward_f64(n, H, a, rec, bias, peep, h, c, h_out, c_out, wide)
 
 
 cdef inline void _cell_backward(Py_ssize_t H, const floating* act,
@@ -592,7 +594,7 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
             _cell_forward(nu, H, gates + row * G + u0, rec + n * G + u0,
                           bias + u0, peep + u0, nxt + n * H + u0, c + n * H + u0,
                           out + row * ld_out + u0,
-                          c_all + row * H + u0 if training else NULL)
+                          c_all + row * H + u0 if training else NULL, w_pack != NULL)
         if nparts > 1:
             # everyone's h_t is written before anyone reads it at t+1
             lstmx_barrier_wait(barrier, nparts, &sense)
