@@ -284,7 +284,7 @@ static ATTR void cell_forward_##SFX##V(                                       \
  *   dp_i += da_i c_prev   dp_f += da_f c_prev   dp_o += da_o c_t
  * act (4H): activated i, f, g, o. dc (H): dL/dc_t in, dL/dc_{t-1} out.
  * da (4H): out. dpeep (3H): accumulated. */
-#define LSTMX_CELL_BACKWARD(T, SFX, V, ATTR)                                  \
+#define LSTMX_CELL_BACKWARD(T, SFX, TS, V, ATTR)                              \
 static ATTR void cell_backward_##SFX##V(                                      \
     ptrdiff_t H, const T *restrict act, const T *restrict c_t,                \
     const T *restrict c_prev, const T *restrict peep,                         \
@@ -293,7 +293,7 @@ static ATTR void cell_backward_##SFX##V(                                      \
 {                                                                             \
     for (ptrdiff_t j = 0; j < H; j++) {                                       \
         T i = act[j], f = act[H + j], g = act[2 * H + j], o = act[3 * H + j]; \
-        T tc = tanh_##SFX(c_t[j]);                                            \
+        T tc = tanh_##TS(c_t[j]);                                             \
         T dh = dh_out[j] + dh_next[j];                                        \
         T da_o = dh * tc * o * (1 - o);                                       \
         T d_c = dc[j] + dh * o * (1 - tc * tc) + peep[2 * H + j] * da_o;      \
@@ -887,8 +887,8 @@ static ATTR void activations_##SFX##V(ptrdiff_t n, const T *restrict z,       \
 /* (the cell forward, float32's matmat and softmax, and the activations,
  * are built per target below) */
 #define LSTMX_KERNELS(V, ATTR)                                                \
-    LSTMX_CELL_BACKWARD(float, f32, V, ATTR)                                  \
-    LSTMX_CELL_BACKWARD(double, f64, V, ATTR)                                 \
+    LSTMX_CELL_BACKWARD(float, f32, f32, V, ATTR)                             \
+    LSTMX_CELL_BACKWARD(double, f64, f64, V, ATTR)                            \
     LSTMX_MATMAT(double, f64, V, ATTR)                                        \
     LSTMX_MATMAT_T(float, f32, V, ATTR)                                       \
     LSTMX_MATMAT_T(double, f64, V, ATTR)                                      \
@@ -1284,6 +1284,9 @@ static LSTMX_512_INLINE void store_f64z(double *p, vec_f64z v)
 
 LSTMX_VEC_KERNELS(float, f32z, f32, 16, v16, _512, LSTMX_512)
 LSTMX_VEC_KERNELS(double, f64z, f64, 8, w8, _512, LSTMX_512)
+/* the backward cell's loop, vectorized by the compiler on 16 (8) lanes */
+LSTMX_CELL_BACKWARD(float, f32z, f32, _512, LSTMX_512)
+LSTMX_CELL_BACKWARD(double, f64z, f64, _512, LSTMX_512)
 
 static int use_fma = 0, use_512 = 0;
 
@@ -1342,8 +1345,8 @@ void lstmx_cell_backward_##SFX(ptrdiff_t H, const T *act, const T *c_t,       \
                                const T *dh_out, const T *dh_next, T *dc,      \
                                T *da, T *dpeep)                               \
 {                                                                             \
-    LSTMX_PICK(cell_backward_##SFX)(H, act, c_t, c_prev, peep, dh_out,        \
-                                    dh_next, dc, da, dpeep);                  \
+    LSTMX_PICK_WIDE(cell_backward_##SFX, cell_backward_##SFX##z)(             \
+        H, act, c_t, c_prev, peep, dh_out, dh_next, dc, da, dpeep);           \
 }                                                                             \
                                                                               \
 void lstmx_matmat_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, ptrdiff_t N,    \
