@@ -57,18 +57,21 @@ def test_tanh_error(grid):
 
 
 def _on_both_paths(values, dtype=np.float32):
-    """Activations of ``values`` (lanes - 1 of them) as the first of a
-    vector's lanes and as a scalar tail: the kernels run 8 float32 or 4
-    float64 lanes at a time where the CPU has AVX2, and the rest one by
-    one. Both must agree exactly."""
-    lanes = 8 if dtype == np.float32 else 4
+    """Activations of ``values`` as the first of a vector's lanes and as a
+    scalar tail: the kernels run 8 float32 or 4 float64 lanes at a time
+    where the CPU has AVX2 (16 or 8 with AVX-512), and the rest one by one.
+    Both must agree exactly."""
+    wide = _lstm.kernel_target() == "avx512"
+    lanes = (16 if wide else 8) if dtype == np.float32 else (8 if wide else 4)
     values = np.asarray(values, np.float64)
-    assert len(values) == lanes - 1
+    n = len(values)
+    assert n < lanes
+    values = np.resize(values, lanes - 1)    # repeated to fill the lanes
     z = np.concatenate([values, [0.0], values])
     _, e, s, t = activations(z, dtype)
     for out in (e, s, t):
         np.testing.assert_array_equal(out[:lanes - 1], out[lanes:])
-    return e[:lanes - 1], s[:lanes - 1], t[:lanes - 1]
+    return e[:n], s[:n], t[:n]
 
 
 def test_saturation_and_symmetry():
