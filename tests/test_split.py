@@ -411,6 +411,75 @@ def test_a_chosen_split_gives_the_bits_of_one_thread(bidirectional, hidden, dtyp
             np.testing.assert_array_equal(a, b)
 
 
+@needs_split
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("layers, head", [(1, 44), (2, None)], ids=["L1-head", "L2-nohead"])
+def test_the_pipelined_sequence_gives_the_bits_of_the_split(layers, head, dtype, rng,
+                                                            monkeypatch):
+    """Unsplit, a chosen sequence of one direction runs its recurrence while
+    the other thread projects the gates ahead of it and runs the head behind
+    it, in blocks of steps (_lstm.lstm_pipe): over several blocks and a
+    partial one, the outputs and state are the split's and the training
+    forward's, bit for bit, and the reference's."""
+    net = Arch(16, 64, num_layers=layers, bidirectional=False, peephole=True,
+               output_size=head).make(dtype=dtype, seed=3)
+    x = random_x(rng, 100, 1, 16).astype(dtype)
+    state = random_state(rng, net, 1)
+    pipes = []
+    real_pipe = lstmx._lstm.lstm_pipe
+    monkeypatch.setattr(lstmx._lstm, "lstm_pipe",
+                        lambda *a, **k: pipes.append(1) or real_pipe(*a, **k))
+    for lengths in (None, [71]):
+        results = []
+        for mode in ("units", None):
+            monkeypatch.setattr(lstm_module._Chooser, "choose", lambda self, mode=mode: mode)
+            pipes.clear()
+            results.append(_run(net, x, lengths, state))
+            assert len(pipes) == (layers if mode is None else 0)
+        for a, b in zip(*results):
+            np.testing.assert_array_equal(a, b)
+        y, h, c, y_train = results[1][:4]
+        np.testing.assert_array_equal(y, y_train)
+        y_ref, (h_ref, c_ref) = run_reference(net, x, lengths, state)
+        tol = 2e-5 if dtype == np.float32 else 1e-12
+        for got, want in ((y, y_ref), (h, h_ref), (c, c_ref)):
+            np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+
+
+def test_the_pipeline_refuses_what_it_cannot_run():
+    """lstm_forward's pipe is for one sequence forwards with x projected
+    elsewhere; lstm_pipe checks its shapes and takes the head whole or not."""
+    f = np.float32
+    T, I, H = 5, 3, 4
+    w_x, w_h = np.zeros((4 * H, I), f), np.zeros((4 * H, H), f)
+    pipe = np.zeros(2, np.intc)
+    empty = np.empty((0, 0, 0), f)
+
+    def forward(N, x, reverse=False):
+        return lstmx._lstm.lstm_forward(
+            x, w_x, w_h, np.zeros(4 * H, f), np.zeros(3 * H, f), np.full(N, T, np.intc),
+            reverse, np.zeros((2, N, H), f), np.zeros((N, H), f), np.zeros((T, N, H), f), 0,
+            np.zeros((T, N, 4 * H), f), empty, empty, np.zeros((N, 4 * H), f), pipe=pipe,
+            defer=True)
+
+    with pytest.raises(ValueError, match="pipe"):
+        forward(2, empty)
+    with pytest.raises(ValueError, match="pipe"):
+        forward(1, empty, reverse=True)
+    with pytest.raises(ValueError, match="pipe"):
+        forward(1, np.zeros((T, 1, I), f))
+    assert forward(1, empty) is not None
+    x, gates, out = np.zeros((T, 1, I), f), np.zeros((T, 1, 4 * H), f), np.zeros((T, 1, H), f)
+    with pytest.raises(ValueError, match="expected"):
+        lstmx._lstm.lstm_pipe(x, w_x, gates[:-1], pipe, out)
+    with pytest.raises(ValueError, match="all or none"):
+        lstmx._lstm.lstm_pipe(x, w_x, gates, pipe, out, np.zeros((2, H), f))
+    with pytest.raises(ValueError, match="all or none"):
+        lstmx._lstm.lstm_pipe(x, w_x, gates, pipe, out, np.zeros((2, H + 1), f),
+                              np.zeros(2, f), np.zeros((T, 1, 2), f))
+    assert lstmx._lstm.lstm_pipe(x, w_x, gates, pipe, out, defer=True) is not None
+
+
 def test_the_chooser_keeps_the_faster_way():
     """lstm._Chooser: split while it is not much slower than its best; else,
     and periodically while unsplit, one call the other way, and the way

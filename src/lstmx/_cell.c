@@ -1450,6 +1450,21 @@ void lstmx_barrier_wait(int *b, int nthreads, int *sense)
     spin_until(&b[1], s);
 }
 
+void lstmx_count_publish(int *count, int v)
+{
+    __atomic_store_n(count, v, __ATOMIC_RELEASE);
+}
+
+int lstmx_count_wait(const int *count, int v)
+{
+    int got;
+    for (unsigned spins = 1; (got = __atomic_load_n(count, __ATOMIC_ACQUIRE)) < v; spins++) {
+        if (spins % 4096 == 0)
+            sched_yield();
+    }
+    return got;
+}
+
 /* ---- the second thread of a pair of jobs (_lstm.run_pair) --------------- */
 
 /* A thread of its own that runs one job at a time, handed over without the

@@ -80,6 +80,11 @@ LSTMX_DECLARE_XENT(double, f64)
 #if defined(__GNUC__) && (defined(__unix__) || defined(__APPLE__))
 #define LSTMX_HAVE_BARRIER 1
 void lstmx_barrier_wait(int *b, int nthreads, int *sense);
+/* A count raised by one thread and awaited by another (a pipelined single
+ * sequence: steps projected, steps run): publish stores v (release), wait
+ * spins until the count is at least v and returns it (acquire). */
+void lstmx_count_publish(int *count, int v);
+int lstmx_count_wait(const int *count, int v);
 /* A second thread for pairs of jobs (see _cell.c); NULL where none. */
 struct lstmx_worker;
 struct lstmx_worker *lstmx_worker_new(int (*init)(int));
@@ -90,6 +95,13 @@ void lstmx_worker_wait(struct lstmx_worker *w);
 static inline void lstmx_barrier_wait(int *b, int nthreads, int *sense)
 {
     (void)b, (void)nthreads, (void)sense;  /* never called: nparts stays 1 */
+}
+/* never called: nothing is pipelined without the barrier's atomics */
+static inline void lstmx_count_publish(int *count, int v) { *count = v; }
+static inline int lstmx_count_wait(const int *count, int v)
+{
+    (void)v;
+    return *count;
 }
 struct lstmx_worker;
 static inline struct lstmx_worker *lstmx_worker_new(int (*init)(int))

@@ -40,6 +40,8 @@ cdef extern from "_cell.h" nogil:
                                 double* h_out, double* c_out, int wide)
     int LSTMX_HAVE_BARRIER
     void lstmx_barrier_wait(int* b, int nthreads, int* sense)
+    void lstmx_count_publish(int* count, int v)
+    int lstmx_count_wait(const int* count, int v)
     struct lstmx_worker:
         pass
     lstmx_worker* lstmx_worker_new(int (*init)(int) noexcept nogil)
@@ -348,7 +350,7 @@ cdef void _free(void* p) noexcept nogil:
     """Free what _alloc returned (or nothing, for NULL)."""
     cdef unsigned char* q = <unsigned char*>p
     if q != NULL:
-        free(q - q[-1] - 1)
+        free(q - (q - 1)[0] - 1)
 
 
 def _gemm_packed_test(const floating[:, ::1] a, const floating[:, ::1] w, bint transposed,
@@ -389,7 +391,7 @@ def _gemm_tn_test(const floating[:, :] a, const floating[:, :] b, floating[:, :]
 # at once.
 
 cdef enum:
-    _PROJECT, _FORWARD, _BACKWARD, _WEIGHTS, _LINEAR, _LINEAR_BACK, _SOFTMAX
+    _PROJECT, _FORWARD, _BACKWARD, _WEIGHTS, _LINEAR, _LINEAR_BACK, _SOFTMAX, _PIPE
 
 cdef struct _Args:
     # the arguments of one kernel call; pointers to float or double (dbl)
@@ -401,6 +403,7 @@ cdef struct _Args:
     int part, nparts
     const int* lengths
     int* barrier
+    int* pipe
     void* x
     void* w_x
     void* w_h
@@ -525,7 +528,7 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
                    floating* gates, floating* c_all, floating* h_prev_all,
                    floating* rec, floating* w_pack, int* barrier,
                    int part, int nparts, Py_ssize_t n0, Py_ssize_t n1,
-                   floating* w_x_pack) noexcept nogil:
+                   floating* w_x_pack, int* pipe) noexcept nogil:
     """The recurrence of one direction of one layer over T steps, for the
     units u0 <= j < u1 of H: one of ``nparts`` threads that share it.
 
@@ -550,8 +553,14 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
 
     Only the sequences n0 <= n < n1 are run: sequences are independent, so
     threads given disjoint ranges (and all the units) need no barrier.
+
+    pipe (2 ints) or NULL: one sequence forwards, whose gates another
+    thread projects meanwhile (_pipe): step s waits until pipe[0] > s rows
+    are projected, and pipe[1] counts the steps run, raised every PIPE_ROWS
+    steps and at the end (the other thread's head follows it).
     """
     cdef Py_ssize_t G = 4 * H, nu = u1 - u0, Nb = n1 - n0
+    cdef int projected = 0
     cdef Py_ssize_t s, n, t, row, g, gb, r0, r1
     cdef floating* cur
     cdef floating* nxt
@@ -582,6 +591,8 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     for s in range(T):
         cur = h_buf + (s % 2) * N * H
         nxt = h_buf + ((s + 1) % 2) * N * H
+        if pipe != NULL and s >= projected:
+            projected = lstmx_count_wait(&pipe[0], <int>s + 1)
         # Recurrent term of all sequences, this part's rows of each gate:
         # rec = h_{t-1} W_h^T.
         if whole and w_pack == NULL:
@@ -617,6 +628,10 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
         if nparts > 1:
             # everyone's h_t is written before anyone reads it at t+1
             lstmx_barrier_wait(barrier, nparts, &sense)
+        if pipe != NULL and (s + 1) % PIPE_ROWS == 0:
+            lstmx_count_publish(&pipe[1], <int>s + 1)
+    if pipe != NULL:
+        lstmx_count_publish(&pipe[1], <int>T)
 
 
 cdef Py_ssize_t _unit_bound(Py_ssize_t H, int part, int nparts,
@@ -648,7 +663,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
                  floating[:, :, ::1] h_prev_all, floating[:, ::1] rec,
                  int part=0, int nparts=1, int[::1] barrier=None,
                  Py_ssize_t n0=0, Py_ssize_t n1=-1, bint project_whole=False,
-                 bint defer=False):
+                 int[::1] pipe=None, bint defer=False):
     """Run the recurrence of one direction of one layer; see ``_forward``.
 
     x (T, N, I), or empty (0, 0, 0) when gates already holds the input
@@ -671,6 +686,11 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     N): threads given disjoint ranges run at once without waiting for each
     other. x must then be empty (project first, with ``lstm_project``).
 
+    Or, for one sequence forwards (N == 1, nparts == 1, not reverse, x
+    empty), with ``pipe`` (2,) int32 zeroed and shared with an
+    ``lstm_pipe`` job run at the same time (run_pair), which projects the
+    gates as the steps need them and runs the head on the steps done.
+
     With defer, returns the call as a Job (see run_pair) instead.
     """
     cdef Py_ssize_t T = gates.shape[0], N = gates.shape[1], H = w_h.shape[1]
@@ -688,6 +708,10 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
         raise ValueError("barrier: expected 2 zeroed ints shared by the parts")
     if nparts > 1:
         barrier_p = &barrier[0]
+    if pipe is not None and (pipe.shape[0] < 2 or N != 1 or nparts != 1 or reverse
+                             or x_p != NULL):
+        raise ValueError("pipe: 2 zeroed ints, for one sequence forwards with x empty "
+                         "and nparts == 1")
     u0 = _unit_bound(H, part, nparts, sizeof(floating))
     u1 = _unit_bound(H, part + 1, nparts, sizeof(floating))
     if n1 < 0:
@@ -718,6 +742,80 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     job.args.h_prev_all = <void*>h_prev_p
     job.args.rec = <void*>&rec[0, 0]
     job.args.barrier = barrier_p
+    if pipe is not None:
+        job.args.pipe = &pipe[0]
+        job.keep += (pipe,)
+    return job._run_or_defer(defer)
+
+
+# A pipelined single sequence hands work between its two threads in blocks
+# of this many steps: the gates of the next block are projected while the
+# recurrence runs, the head follows the steps run.
+cdef enum:
+    PIPE_ROWS = 32
+
+
+cdef void _pipe(Py_ssize_t T, Py_ssize_t I, Py_ssize_t H, Py_ssize_t O,
+                const floating* x, const floating* w_x, floating* w_x_pack,
+                floating* gates, int* pipe, const floating* h,
+                const floating* w_fc, const floating* b_fc,
+                floating* y) noexcept nogil:
+    """The other thread of a pipelined sequence (_forward's pipe): the
+    gates (T, 4H) = X (T, I) W_x^T, PIPE_ROWS rows at a time on the packed
+    GEMM (the bits of _forward's w_x_pack), each block published in pipe[0];
+    then, with a head (w_fc not NULL), y (T, O) = h (T, H) w_fc^T + b_fc for
+    each HEAD_ROWS steps once pipe[1] says they are run."""
+    cdef Py_ssize_t G = 4 * H, r0 = 0, r1
+    _pack(G, I, w_x, I, 1, w_x_pack)
+    while r0 < T:
+        r1 = min(r0 + PIPE_ROWS, T)
+        _gemm_packed(r1 - r0, G, I, x + r0 * I, I, w_x_pack, gates + r0 * G, G)
+        lstmx_count_publish(&pipe[0], <int>r1)
+        r0 = r1
+    r0 = 0
+    while w_fc != NULL and r0 < T:
+        r1 = min(r0 + HEAD_ROWS, T)
+        lstmx_count_wait(&pipe[1], <int>r1)
+        _linear_rows(r0, r1, H, O, h, w_fc, b_fc, y)
+        r0 = r1
+
+
+def lstm_pipe(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
+              floating[:, :, ::1] gates, int[::1] pipe, const floating[:, :, ::1] out,
+              const floating[:, ::1] w_fc=None, const floating[::1] b_fc=None,
+              floating[:, :, ::1] y=None, bint defer=False):
+    """The partner of ``lstm_forward(..., pipe=pipe)`` for one sequence
+    (see _pipe), run at the same time with run_pair: projects x (T, 1, I)
+    with w_x (4H, I) into gates (T, 1, 4H) ahead of the recurrence, and with
+    w_fc (O, H), b_fc (O,) and y (T, 1, O), runs the head on out (T, 1, H),
+    the recurrence's h_t, behind it. pipe (2,) int32, zeroed, shared with
+    the recurrence. With defer, returns the call as a Job instead."""
+    cdef Py_ssize_t T = x.shape[0], I = x.shape[2], G = w_x.shape[0], H = w_x.shape[0] // 4
+    cdef bint head = w_fc is not None
+    if (x.shape[1] != 1 or w_x.shape[1] != I or G % 4 or gates.shape[0] != T
+            or gates.shape[1] != 1 or gates.shape[2] != G or out.shape[0] != T
+            or out.shape[1] != 1 or out.shape[2] != H or pipe.shape[0] < 2):
+        raise ValueError("x (T, 1, I), w_x (4H, I), gates (T, 1, 4H), out (T, 1, H) and "
+                         "pipe (2,) expected")
+    if head != (b_fc is not None) or head != (y is not None) or head and (
+            w_fc.shape[1] != H or b_fc.shape[0] != w_fc.shape[0] or y.shape[0] != T
+            or y.shape[1] != 1 or y.shape[2] != w_fc.shape[0]):
+        raise ValueError("w_fc (O, H), b_fc (O,) and y (T, 1, O) expected, all or none")
+    if T == 0:
+        raise ValueError("x: at least one step expected")
+    cdef Job job = _new_job(_PIPE, floating is double, (x, w_x, gates, pipe, out, w_fc, b_fc, y))
+    job.args.T, job.args.I, job.args.H = T, I, H
+    job.args.owned_x = _alloc(_packed_size(G, I, &w_x[0, 0]), &w_x[0, 0])
+    job.args.x = <void*>&x[0, 0, 0]
+    job.args.w_x = <void*>&w_x[0, 0]
+    job.args.gates = <void*>&gates[0, 0, 0]
+    job.args.pipe = &pipe[0]
+    job.args.out = <void*>&out[0, 0, 0]
+    if head:
+        job.args.R = w_fc.shape[0]
+        job.args.w_h = <void*>&w_fc[0, 0]
+        job.args.bias = <void*>&b_fc[0]
+        job.args.dx = <void*>&y[0, 0, 0]
     return job._run_or_defer(defer)
 
 
@@ -944,7 +1042,11 @@ cdef void _run_typed(_Args* a, floating* like) noexcept nogil:
                  a.reverse, <floating*>a.h_buf, <floating*>a.c, <floating*>a.out,
                  a.ld, <floating*>a.gates, <floating*>a.c_all,
                  <floating*>a.h_prev_all, <floating*>a.rec, <floating*>a.owned,
-                 a.barrier, a.part, a.nparts, a.n0, a.n1, <floating*>a.owned_x)
+                 a.barrier, a.part, a.nparts, a.n0, a.n1, <floating*>a.owned_x, a.pipe)
+    elif a.kind == _PIPE:
+        _pipe(a.T, a.I, a.H, a.R, <const floating*>a.x, <const floating*>a.w_x,
+              <floating*>a.owned_x, <floating*>a.gates, a.pipe, <const floating*>a.out,
+              <const floating*>a.w_h, <const floating*>a.bias, <floating*>a.dx)
     elif a.kind == _BACKWARD:
         # (dbias in bias, dout in out, dh0 in h_buf, dc0 in c, drec in rec)
         _backward(a.T, a.N, a.H, <const floating*>a.w_h, <const floating*>a.peep,
@@ -1054,17 +1156,45 @@ def _run_held(Job job):
 # --------------------------------------------------------------------------
 # fully connected head: y = h W_fc^T + b_fc (seed 001's output layer)
 
+# The head's rows go to BLAS in blocks of this many, at multiples of it, in
+# every run: a row's bits then come from the same call whichever rows a
+# thread or a pipelined sequence (_pipe) computes. OpenBLAS's results for
+# a row depended on the rows of the call (its kernel for small products
+# sums in another order). One thread, float32, us, one call over all rows /
+# blocks of 64 / of 128: R x K x O = 1000 x 64 x 44 63-65/70-71/66-77,
+# 3200 x 640 x 44 1754-1793/2023-2037/1843-1978, 6400 x 512 x 44
+# 2815-2831/3015-3211/2816-3171.
+cdef enum:
+    HEAD_ROWS = 128
+
+
+cdef void _linear_rows(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K, Py_ssize_t O,
+                       const floating* h, const floating* w, const floating* b,
+                       floating* y) noexcept nogil:
+    """Rows r0..r1-1 of y (R, O) = h (R, K) w^T + b, r0 a multiple of
+    HEAD_ROWS and r1 one or R, in HEAD_ROWS blocks; the bias is added after
+    each block's product."""
+    cdef Py_ssize_t n, r, j
+    cdef floating* row
+    while r0 < r1:
+        n = min(<Py_ssize_t>HEAD_ROWS, r1 - r0)
+        gemm(False, True, <int>n, <int>O, <int>K, <floating>1.0, h + r0 * K,
+             <int>K, w, <int>K, <floating>0.0, y + r0 * O, <int>O)
+        for r in range(r0, r0 + n):
+            row = y + r * O
+            for j in range(O):
+                row[j] += b[j]
+        r0 += n
+
+
 cdef void _linear(Py_ssize_t R, Py_ssize_t K, Py_ssize_t O, int part,
                   int nparts, const floating* h, const floating* w,
                   const floating* b, floating* y) noexcept nogil:
-    """Part ``part`` of ``nparts`` of the rows of y (R, O) = h (R, K) w^T + b."""
-    cdef Py_ssize_t r0 = _share(R, part, nparts), r1 = _share(R, part + 1, nparts), r
-    if r1 == r0:
-        return
-    for r in range(r0, r1):
-        memcpy(y + r * O, b, O * sizeof(floating))
-    gemm(False, True, <int>(r1 - r0), <int>O, <int>K, <floating>1.0, h + r0 * K,
-         <int>K, w, <int>K, <floating>1.0, y + r0 * O, <int>O)
+    """Part ``part`` of ``nparts`` of the rows of y (R, O) = h (R, K) w^T + b
+    (a share of the HEAD_ROWS blocks)."""
+    cdef Py_ssize_t blocks = (R + HEAD_ROWS - 1) // HEAD_ROWS
+    _linear_rows(_share(blocks, part, nparts) * HEAD_ROWS,
+                 min(_share(blocks, part + 1, nparts) * HEAD_ROWS, R), K, O, h, w, b, y)
 
 
 cdef void _linear_back(Py_ssize_t R, Py_ssize_t K, Py_ssize_t O, int part,
