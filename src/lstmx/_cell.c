@@ -683,12 +683,14 @@ static ATTR void gemv_packed_##SFX##V(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,  \
                                       const T *restrict x,                    \
                                       const T *restrict P, T *restrict y,     \
                                       ptrdiff_t gs, const int mr,             \
-                                      ptrdiff_t ldx, ptrdiff_t ldy)           \
+                                      ptrdiff_t ldx, ptrdiff_t ldy,           \
+                                      int backwards)                          \
 {                                                                             \
     const ptrdiff_t NR = 2 * LANES, ppb = (M + NR - 1) / NR;                  \
     const ptrdiff_t panels = B * ppb, per = LSTMX_MR / mr;                    \
     const ptrdiff_t groups = (panels + per - 1) / per;                        \
-    for (ptrdiff_t gi = 0; gi < groups; gi++) {                               \
+    for (ptrdiff_t g = 0; g < groups; g++) {                                  \
+        const ptrdiff_t gi = backwards ? groups - 1 - g : g;                  \
         const ptrdiff_t q0 = panels * gi / groups;                            \
         const int np = (int)(panels * (gi + 1) / groups - q0);                \
         T *Cq[LSTMX_MR];                                                      \
@@ -730,7 +732,7 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
      * 1.71/1.22 at M = 256, K = 64, 41.8/34.0 at M = 1280, K = 320; N = 3    \
      * 1.82/1.79 and 39.1/35.0. */                                            \
     if (N >= 1 && N <= 3) {                                                  \
-        gemv_packed_##SFX##V(1, M, K, A, P, C, 0, (int)N, lda, ldc);          \
+        gemv_packed_##SFX##V(1, M, K, A, P, C, 0, (int)N, lda, ldc, 0);       \
         return;                                                               \
     }                                                                         \
     ptrdiff_t Nt = N % LSTMX_MR == 1 ? N - 1 : N;                             \
@@ -744,7 +746,7 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
     }                                                                         \
     if (Nt < N)                                                               \
         gemv_packed_##SFX##V(1, M, K, A + Nt * lda, P0, C + Nt * ldc, 0, 1, 0, \
-                             0);                                              \
+                             0, 0);                                           \
 }
 
 /* Weight gradients over all of a layer's rows at once: C (M, Nc) = A^T B,
@@ -1378,10 +1380,11 @@ void lstmx_gemm_tn_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,            \
 }                                                                             \
                                                                               \
 void lstmx_gemv_packed_##SFX(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,           \
-                             const T *x, const T *P, T *y, ptrdiff_t gs)      \
+                             const T *x, const T *P, T *y, ptrdiff_t gs,      \
+                             int backwards)                                   \
 {                                                                             \
     LSTMX_PICK_WIDE(gemv_packed_##SFX, gemv_packed_##SFX##z)(                 \
-        B, M, K, x, P, y, gs, 1, 0, 0);                                       \
+        B, M, K, x, P, y, gs, 1, 0, 0, backwards);                            \
 }                                                                             \
                                                                               \
 ptrdiff_t lstmx_packed_size_##SFX(ptrdiff_t M, ptrdiff_t K)                   \

@@ -53,7 +53,8 @@ LSTMX_DECLARE_MATMAT(double, f64)
                              ptrdiff_t ldb, T *C, ptrdiff_t ldc);             \
     /* one sequence, B blocks of M columns: y[b gs + m] = (x B_b)[m] */       \
     void lstmx_gemv_packed_##SFX(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,       \
-                                 const T *x, const T *P, T *y, ptrdiff_t gs);
+                                 const T *x, const T *P, T *y, ptrdiff_t gs,  \
+                                 int backwards);
 
 /* 1 when the kernels run their AVX2+FMA build (chosen at load), else 0 */
 int lstmx_uses_fma(void);

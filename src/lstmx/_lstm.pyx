@@ -101,10 +101,10 @@ cdef extern from "_cell.h" nogil:
     int lstmx_uses_avx512()
     void lstmx_gemv_packed_f32(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
                                const float* x, const float* P, float* y,
-                               Py_ssize_t gs)
+                               Py_ssize_t gs, int backwards)
     void lstmx_gemv_packed_f64(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
                                const double* x, const double* P, double* y,
-                               Py_ssize_t gs)
+                               Py_ssize_t gs, int backwards)
 
 
 cdef inline void _cell_forward(Py_ssize_t n, Py_ssize_t H, floating* a,
@@ -286,13 +286,15 @@ cdef inline void _gemm_packed(Py_ssize_t N, Py_ssize_t M, Py_ssize_t K,
 
 cdef inline void _gemv_packed(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
                               const floating* x, const floating* P,
-                              floating* y, Py_ssize_t gs) noexcept nogil:
+                              floating* y, Py_ssize_t gs,
+                              bint backwards) noexcept nogil:
     """One sequence: y[b gs + m] = (x B_b)[m] for B blocks of M columns
-    packed one after another in P (_cell.c)."""
+    packed one after another in P (_cell.c); backwards, the panels from the
+    last to the first (the same sums)."""
     if floating is float:
-        lstmx_gemv_packed_f32(B, M, K, x, P, y, gs)
+        lstmx_gemv_packed_f32(B, M, K, x, P, y, gs, backwards)
     else:
-        lstmx_gemv_packed_f64(B, M, K, x, P, y, gs)
+        lstmx_gemv_packed_f64(B, M, K, x, P, y, gs, backwards)
 
 
 # A weight gradient C (M, Nc) = A^T B over many rows K (dW = dA^T X, the
@@ -597,10 +599,12 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
         # rec = h_{t-1} W_h^T.
         if whole and w_pack == NULL:
             _matmat_zigzag(G, H, w_h, Nb, cur + n0 * H, H, rec + n0 * G, G, s % 2)
+        elif whole and Nb == 1:
+            _gemv_packed(1, G, H, cur + n0 * H, w_pack, rec + n0 * G, G, s % 2)
         elif whole:
             _gemm_packed(Nb, G, H, cur + n0 * H, H, w_pack, rec + n0 * G, G)
         elif w_pack != NULL and N == 1:
-            _gemv_packed(4, nu, H, cur, w_pack, rec + u0, H)
+            _gemv_packed(4, nu, H, cur, w_pack, rec + u0, H, s % 2)
         else:
             for g in range(4):
                 if w_pack == NULL:
