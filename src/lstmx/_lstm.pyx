@@ -27,6 +27,7 @@ from libc.string cimport memcpy, memset
 from cython cimport floating
 
 from ._blas cimport gemm
+from ._threads import l2_cache_bytes
 
 
 cdef extern from "_cell.h" nogil:
@@ -177,7 +178,14 @@ cdef Py_ssize_t SMALL_N = 1
 # thread), 1.56/1.37 (two). With W_h much larger than L2 the products wait
 # on L3, not on the sums, and packing W_h at every call costs more than it
 # gains: seed_infer (H=320, 1.6 MB a direction) 22.0-24.5/23.5-26.2.
-ONE_PACKED_MAX_BYTES = 512 * 1024
+# Where a core's L2 is larger than that, W_h up to the L2's size is packed
+# too: its panels taken backwards every other step (_gemv_packed), a step
+# reads most of them from L2 where matmat's order found them evicted. With
+# a 2 MB L2, one core, a step of H=320 (1.6 MB) with its cell: matmat
+# 18.3 us, packed 12.9 us (both cores at once: 20.9-21.4 against
+# 12.4-13.2); seed_infer, alternating in one process, 13.5-14.2 against
+# 12.5-13.2 ms.
+ONE_PACKED_MAX_BYTES = max(512 * 1024, l2_cache_bytes() or 0)
 
 
 def packs_one_row(Py_ssize_t rows, Py_ssize_t H, Py_ssize_t itemsize):
