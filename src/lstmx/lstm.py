@@ -301,43 +301,39 @@ def _aligned_zeros(shape, dtype):
 class _Chooser:
     """Chooses, call by call, how a single sequence's recurrence runs: split
     by units between two threads that meet at every step ("units"), or not
-    split (None: one thread, or a direction on each).
+    split (None: one thread, or a direction on each; for inference of one
+    direction, pipelined with the projection and the head on the other
+    thread).
 
     A step of a small network takes about a microsecond, and the meeting
-    costs a round trip of a cache line between the two cores. On the
-    shared development VM that round trip measured 60-150 ns in some
-    stretches and about 600 ns in others, each lasting from a fraction of a
-    second to seconds: small_infer split ran in 1.0-1.3 ms in the first,
-    1.8-2.5 ms in the second, and on one thread in 1.45-1.55 ms in both.
-    So the split runs while it is no slower than the best it has done by
-    SLOWER; then, and every PROBE_EVERY calls while unsplit, the other way
-    runs once, and whichever was faster in its last call is kept. Both
-    ways give the same bits (see _lstm.lstm_forward's project_whole), so
-    the choice changes speed only. Races between threads sharing a
-    network only make a choice worse for a while.
+    costs a round trip of a cache line between the two cores, which varies
+    on a shared machine: 60-150 ns in some stretches and about 600 ns in
+    others on one development VM, 260-410 ns on another. So every
+    PROBE_EVERY calls the other way runs once, and whichever was faster in
+    its last call is kept: small_infer ran split in 0.69-0.98 ms and
+    pipelined in 0.52-0.74 ms on the second VM, split in 1.0-1.3 ms
+    (1.8-2.5 ms in slow stretches) and on one thread in 1.45-1.55 ms on
+    the first. Both ways give the same bits (see _lstm.lstm_forward's
+    project_whole), so the choice changes speed only. Races between
+    threads sharing a network only make a choice worse for a while.
     """
 
-    SLOWER = 1.3
     PROBE_EVERY = 16
 
     def __init__(self):
         self.mode = "units"
-        self.best_units = math.inf      # seconds a step, the split's best
-        self.last = {"units": math.inf, None: math.inf}
+        self.last = {"units": math.inf, None: math.inf}   # seconds a step
         self.since_probe = 0
         self.probing = False
 
     def choose(self):
-        other = None if self.mode == "units" else "units"
-        due = self.since_probe >= self.PROBE_EVERY and (
-            self.mode is None or self.last["units"] > self.SLOWER * self.best_units)
-        self.probing = due
-        return other if due else self.mode
+        self.probing = self.since_probe >= self.PROBE_EVERY
+        if self.probing:
+            return None if self.mode == "units" else "units"
+        return self.mode
 
     def record(self, mode, seconds_per_step):
         self.last[mode] = seconds_per_step
-        if mode == "units":
-            self.best_units = min(self.best_units, seconds_per_step)
         if self.probing:
             self.probing, self.since_probe = False, 0
             if seconds_per_step < self.last[self.mode]:
