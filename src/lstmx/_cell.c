@@ -8,7 +8,7 @@
  * A cell call computes one step of one sequence over its units. The loops
  * are written so that the compiler vectorizes them: restrict pointers, no
  * calls but inline arithmetic; see LSTMX_DISPATCH_FMA for the AVX2 + FMA
- * builds chosen at load time.
+ * and AVX-512 builds chosen at load time.
  *
  * The activations are arithmetic, not libm calls, so that they vectorize:
  * float32's exp is a polynomial accurate to float32 (glibc's scalar expf,
@@ -29,7 +29,8 @@
 #include "_cell.h"
 
 /* On x86-64 with GCC or clang every kernel is built twice, for the baseline
- * and for AVX2 + FMA, and the public function picks one when the library is
+ * and for AVX2 + FMA (and some a third time, for AVX-512: see "the AVX-512
+ * build" below), and the public function picks one when the library is
  * loaded (lstmx_detect_cpu): one portable wheel runs the wide code where the
  * CPU has it. This file is compiled with -ffp-contract=fast (meson.build), so
  * a * b + c becomes one fused multiply-add where FMA exists: measured on
@@ -1176,6 +1177,57 @@ static LSTMX_FMA_INLINE void softmax_exps_v8(ptrdiff_t C, const float *zr,
 
 LSTMX_SOFTMAX_XENT(float, f32, _fma, LSTMX_FMA, softmax_exps_v8)
 
+/* Packing B = W^T (float32, W (M, K) rows ldw apart) in 8 x 8 blocks
+ * transposed in registers, for panels of nr (16 or 32) columns: the same
+ * P as pack_f32's (a copy, no arithmetic), whose loop read a column of W
+ * an element at a time. One core, W_h of H = 320 (1280 x 320) into panels
+ * of 32: see the commit that added it. */
+static LSTMX_FMA_INLINE void transpose8_f32(vec_f32 r[8])
+{
+    vec_f32 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = __builtin_ia32_unpcklps256(r[i], r[i + 1]);
+        t[i + 1] = __builtin_ia32_unpckhps256(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = __builtin_ia32_shufps256(t[i], t[i + 2], 0x44);
+        u[i + 1] = __builtin_ia32_shufps256(t[i], t[i + 2], 0xee);
+        u[i + 2] = __builtin_ia32_shufps256(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = __builtin_ia32_shufps256(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = __builtin_ia32_vperm2f128_ps256(u[i], u[i + 4], 0x20);
+        r[i + 4] = __builtin_ia32_vperm2f128_ps256(u[i], u[i + 4], 0x31);
+    }
+}
+
+static LSTMX_FMA void pack_t_f32_fma(ptrdiff_t M, ptrdiff_t K, const float *W,
+                                     ptrdiff_t ldw, float *P, ptrdiff_t nr)
+{
+    for (ptrdiff_t j0 = 0; j0 < M; j0 += nr, P += nr * K) {
+        ptrdiff_t rows = M - j0 < nr ? M - j0 : nr, c0 = 0;
+        for (; c0 + 8 <= rows; c0 += 8) {
+            const float *w = W + (j0 + c0) * ldw;
+            ptrdiff_t k = 0;
+            for (; k + 8 <= K; k += 8) {
+                vec_f32 r[8];
+                for (int i = 0; i < 8; i++)
+                    r[i] = load_f32(w + i * ldw + k);
+                transpose8_f32(r);
+                for (int i = 0; i < 8; i++)
+                    store_f32(P + (k + i) * nr + c0, r[i]);
+            }
+            for (; k < K; k++)
+                for (int i = 0; i < 8; i++)
+                    P[k * nr + c0 + i] = w[i * ldw + k];
+        }
+        for (; c0 < nr; c0++)
+            for (ptrdiff_t k = 0; k < K; k++)
+                P[k * nr + c0] = c0 < rows ? W[(j0 + c0) * ldw + k] : 0;
+    }
+}
+
+
 /* ---- the AVX-512 build ---------------------------------------------------
  *
  * Where the CPU has AVX-512 (F and DQ), the packed GEMM family (gemm_packed,
@@ -1329,6 +1381,18 @@ int lstmx_uses_avx512(void)
     return use_512;
 }
 
+/* B = W^T for float32 in 8 x 8 blocks where AVX2 is (pack_t_f32_fma) */
+#if LSTMX_DISPATCH_FMA
+#define LSTMX_PACK_TRANSPOSED_f32                                             \
+    if (use_fma && sk == 1) {                                                 \
+        pack_t_f32_fma(M, K, W, sm, P, use_512 ? 32 : 16);                    \
+        return;                                                               \
+    }
+#else
+#define LSTMX_PACK_TRANSPOSED_f32
+#endif
+#define LSTMX_PACK_TRANSPOSED_f64
+
 #define LSTMX_PUBLIC(T, SFX)                                                  \
 void lstmx_cell_forward_##SFX(ptrdiff_t n, ptrdiff_t H, T *a, const T *rec,   \
                               const T *bias, const T *peep, T *h, T *c,       \
@@ -1401,6 +1465,7 @@ ptrdiff_t lstmx_packed_size_##SFX(ptrdiff_t M, ptrdiff_t K)                   \
 void lstmx_pack_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, ptrdiff_t sm,    \
                       ptrdiff_t sk, T *P)                                     \
 {                                                                             \
+    LSTMX_PACK_TRANSPOSED_##SFX                                               \
     LSTMX_PICK_PACKING(pack_##SFX, pack_##SFX##z)(M, K, W, sm, sk, P);        \
 }                                                                             \
                                                                               \
