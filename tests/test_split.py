@@ -483,29 +483,40 @@ def test_the_pipeline_refuses_what_it_cannot_run():
 
 
 def test_the_chooser_keeps_the_faster_way():
-    """lstm._Chooser: every PROBE_EVERY calls the other way runs once, and
-    the way faster in its last call is kept."""
+    """lstm._Chooser: after PROBE_EVERY calls the other way runs once, and
+    the way faster in its last call is kept; a losing probe doubles the
+    wait for the next (up to PROBE_MAX), a winning one starts it again."""
     c = lstm_module._Chooser()
     every = c.PROBE_EVERY
-    for _ in range(every):                    # no probe before PROBE_EVERY calls
-        assert c.choose() == "units"
-        c.record("units", 1.0)
+
+    def run(mode, calls, seconds):
+        for _ in range(calls):
+            assert c.choose() == mode
+            c.record(mode, seconds)
+
+    run("units", every, 1.0)                  # no probe before PROBE_EVERY calls
     assert c.choose() is None                 # the probe of the other way
     c.record(None, 0.8)                       # faster than the split's last: kept
     assert c.mode is None
-    for _ in range(every):
-        assert c.choose() is None
-        c.record(None, 0.8)
+    run(None, every, 0.8)
     assert c.choose() == "units"              # the split is probed in turn
-    c.record("units", 0.9)                    # slower: stay unsplit
+    c.record("units", 0.9)                    # slower: stay unsplit, wait longer
     assert c.mode is None
-    for _ in range(every):
-        assert c.choose() is None
-        c.record(None, 1.2)                   # the unsplit way slowed down
+    run(None, 2 * every, 0.8)
+    assert c.choose() == "units"
+    c.record("units", 0.9)
+    run(None, 4 * every, 1.2)                 # the unsplit way slowed down
     assert c.choose() == "units"
     c.record("units", 1.1)                    # now faster: back to the split
     assert c.mode == "units"
-    assert c.choose() == "units"
+    run("units", every, 1.1)                  # and the wait starts again
+    assert c.choose() is None
+    c.record(None, 1.5)
+    for _ in range(10):                       # losing probes: at most PROBE_MAX apart
+        run("units", c.every, 1.1)
+        assert c.choose() is None
+        c.record(None, 1.5)
+    assert c.every == c.PROBE_MAX
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])

@@ -310,7 +310,9 @@ class _Chooser:
     on a shared machine: 60-150 ns in some stretches and about 600 ns in
     others on one development VM, 260-410 ns on another. So every
     PROBE_EVERY calls the other way runs once, and whichever was faster in
-    its last call is kept: small_infer ran split in 0.69-0.98 ms and
+    its last call is kept; a probe that loses doubles the wait for the next
+    (up to PROBE_MAX calls: a slower probe costs small_infer a third of a
+    call), one that wins starts it again. small_infer ran split in 0.69-0.98 ms and
     pipelined in 0.52-0.74 ms on the second VM, split in 1.0-1.3 ms
     (1.8-2.5 ms in slow stretches) and on one thread in 1.45-1.55 ms on
     the first. Both ways give the same bits (see _lstm.lstm_forward's
@@ -319,15 +321,17 @@ class _Chooser:
     """
 
     PROBE_EVERY = 16
+    PROBE_MAX = 256
 
     def __init__(self):
         self.mode = "units"
         self.last = {"units": math.inf, None: math.inf}   # seconds a step
         self.since_probe = 0
+        self.every = self.PROBE_EVERY
         self.probing = False
 
     def choose(self):
-        self.probing = self.since_probe >= self.PROBE_EVERY
+        self.probing = self.since_probe >= self.every
         if self.probing:
             return None if self.mode == "units" else "units"
         return self.mode
@@ -337,7 +341,9 @@ class _Chooser:
         if self.probing:
             self.probing, self.since_probe = False, 0
             if seconds_per_step < self.last[self.mode]:
-                self.mode = mode
+                self.mode, self.every = mode, self.PROBE_EVERY
+            else:
+                self.every = min(2 * self.every, self.PROBE_MAX)
         else:
             self.since_probe += 1
 
