@@ -331,24 +331,26 @@ static ATTR void cell_backward_##SFX##V(                                      \
 /* The dot products of four rows (or one) of W with x, each summed in two
  * LANES-wide partial sums (so that the adds of one row do not wait on each
  * other), then across lanes, then the remainder. */
+/* The vector types of the baseline and AVX2 + FMA builds (256 bits: 8
+ * float32 or 4 float64 lanes), loaded and summed across lanes by macros,
+ * not functions: clang refuses a function built without AVX that takes or
+ * returns such a vector (it would change the ABI), and these generic
+ * helpers run inlined into each build's functions. */
+typedef float vec_f32 __attribute__((vector_size(32)));
+typedef double vec_f64 __attribute__((vector_size(32)));
+#define LSTMX_LOAD(V, p)                                                      \
+    (__extension__({ V v_; memcpy(&v_, (p), sizeof v_); v_; }))
+#define load_f32(p) LSTMX_LOAD(vec_f32, p)
+#define load_f64(p) LSTMX_LOAD(vec_f64, p)
+#define LSTMX_HSUM(T, LANES, v)                                               \
+    (__extension__({                                                          \
+        T s_ = 0;                                                             \
+        for (int l_ = 0; l_ < (LANES); l_++)                                  \
+            s_ += (v)[l_];                                                    \
+        s_;                                                                   \
+    }))
+
 #define LSTMX_DOTS(T, SFX, LANES)                                             \
-typedef T vec_##SFX __attribute__((vector_size(LANES * sizeof(T))));         \
-                                                                              \
-static inline LSTMX_INLINE vec_##SFX load_##SFX(const T *p)                   \
-{                                                                             \
-    vec_##SFX v;                                                              \
-    memcpy(&v, p, sizeof v);                                                  \
-    return v;                                                                 \
-}                                                                             \
-                                                                              \
-static inline LSTMX_INLINE T hsum_##SFX(vec_##SFX v)                          \
-{                                                                             \
-    T s = 0;                                                                  \
-    for (int l = 0; l < LANES; l++)                                           \
-        s += v[l];                                                            \
-    return s;                                                                 \
-}                                                                             \
-                                                                              \
 static inline LSTMX_INLINE void dot4_##SFX(ptrdiff_t K, const T *w0,          \
                                            const T *x, T *y)                  \
 {                                                                             \
@@ -374,8 +376,9 @@ static inline LSTMX_INLINE void dot4_##SFX(ptrdiff_t K, const T *w0,          \
         a2 += load_##SFX(w2 + k) * xa;                                        \
         a3 += load_##SFX(w3 + k) * xa;                                        \
     }                                                                         \
-    T s0 = hsum_##SFX(a0 + b0), s1 = hsum_##SFX(a1 + b1);                     \
-    T s2 = hsum_##SFX(a2 + b2), s3 = hsum_##SFX(a3 + b3);                     \
+    vec_##SFX c0 = a0 + b0, c1 = a1 + b1, c2 = a2 + b2, c3 = a3 + b3;         \
+    T s0 = LSTMX_HSUM(T, LANES, c0), s1 = LSTMX_HSUM(T, LANES, c1);           \
+    T s2 = LSTMX_HSUM(T, LANES, c2), s3 = LSTMX_HSUM(T, LANES, c3);           \
     for (; k < K; k++) {                                                      \
         s0 += w0[k] * x[k];                                                   \
         s1 += w1[k] * x[k];                                                   \
@@ -398,7 +401,8 @@ static inline LSTMX_INLINE T dot1_##SFX(ptrdiff_t K, const T *w0, const T *x) \
     }                                                                         \
     for (; k + LANES <= K; k += LANES)                                        \
         a0 += load_##SFX(w0 + k) * load_##SFX(x + k);                         \
-    T s0 = hsum_##SFX(a0 + b0);                                               \
+    vec_##SFX c0 = a0 + b0;                                                   \
+    T s0 = LSTMX_HSUM(T, LANES, c0);                                          \
     for (; k < K; k++)                                                        \
         s0 += w0[k] * x[k];                                                   \
     return s0;                                                                \
@@ -912,6 +916,9 @@ LSTMX_MATMAT(float, f32, _base, )
 LSTMX_SOFTMAX_XENT(float, f32, _base, , softmax_exps_f32)
 
 #if LSTMX_DISPATCH_FMA
+/* the intrinsics, for functions built with their target attribute */
+#include <immintrin.h>
+
 #define LSTMX_FMA __attribute__((target("avx2,fma")))
 LSTMX_KERNELS(_fma, LSTMX_FMA)
 
@@ -1186,18 +1193,18 @@ static LSTMX_FMA_INLINE void transpose8_f32(vec_f32 r[8])
 {
     vec_f32 t[8], u[8];
     for (int i = 0; i < 8; i += 2) {
-        t[i] = __builtin_ia32_unpcklps256(r[i], r[i + 1]);
-        t[i + 1] = __builtin_ia32_unpckhps256(r[i], r[i + 1]);
+        t[i] = (vec_f32)_mm256_unpacklo_ps((__m256)r[i], (__m256)r[i + 1]);
+        t[i + 1] = (vec_f32)_mm256_unpackhi_ps((__m256)r[i], (__m256)r[i + 1]);
     }
     for (int i = 0; i < 8; i += 4) {
-        u[i] = __builtin_ia32_shufps256(t[i], t[i + 2], 0x44);
-        u[i + 1] = __builtin_ia32_shufps256(t[i], t[i + 2], 0xee);
-        u[i + 2] = __builtin_ia32_shufps256(t[i + 1], t[i + 3], 0x44);
-        u[i + 3] = __builtin_ia32_shufps256(t[i + 1], t[i + 3], 0xee);
+        u[i] = (vec_f32)_mm256_shuffle_ps((__m256)t[i], (__m256)t[i + 2], 0x44);
+        u[i + 1] = (vec_f32)_mm256_shuffle_ps((__m256)t[i], (__m256)t[i + 2], 0xee);
+        u[i + 2] = (vec_f32)_mm256_shuffle_ps((__m256)t[i + 1], (__m256)t[i + 3], 0x44);
+        u[i + 3] = (vec_f32)_mm256_shuffle_ps((__m256)t[i + 1], (__m256)t[i + 3], 0xee);
     }
     for (int i = 0; i < 4; i++) {
-        r[i] = __builtin_ia32_vperm2f128_ps256(u[i], u[i + 4], 0x20);
-        r[i + 4] = __builtin_ia32_vperm2f128_ps256(u[i], u[i + 4], 0x31);
+        r[i] = (vec_f32)_mm256_permute2f128_ps((__m256)u[i], (__m256)u[i + 4], 0x20);
+        r[i + 4] = (vec_f32)_mm256_permute2f128_ps((__m256)u[i], (__m256)u[i + 4], 0x31);
     }
 }
 
@@ -1239,13 +1246,16 @@ static LSTMX_FMA void pack_t_f32_fma(ptrdiff_t M, ptrdiff_t K, const float *W,
  * exp_f32 and exp_f64. The other kernels are the AVX2 + FMA build's. Each
  * sum is still taken over k in order, so every thread split gives the same
  * bits as one thread within this build, as in the others. */
-#include <immintrin.h>
-
 #define LSTMX_512 __attribute__((target("avx512f,avx512dq,avx2,fma")))
 #define LSTMX_512_INLINE LSTMX_512 __attribute__((always_inline)) inline
 
-LSTMX_DOTS(float, f32z, 16)
-LSTMX_DOTS(double, f64z, 8)
+/* Their vectors, loaded by a macro as the narrower builds' (see
+ * LSTMX_LOAD): the generic tile_ and row_ run inlined into this build's
+ * functions. */
+typedef float vec_f32z __attribute__((vector_size(64)));
+typedef double vec_f64z __attribute__((vector_size(64)));
+#define load_f32z(p) LSTMX_LOAD(vec_f32z, p)
+#define load_f64z(p) LSTMX_LOAD(vec_f64z, p)
 LSTMX_GEMM_TILE(float, f32z, 16)
 LSTMX_GEMM_TILE(double, f64z, 8)
 LSTMX_PACK(float, f32z, 16)
