@@ -395,8 +395,9 @@ def test_head_halved_gives_what_one_thread_gives(N, rng, monkeypatch):
 def test_a_chosen_split_gives_the_bits_of_one_thread(bidirectional, hidden, dtype, rng,
                                                      monkeypatch):
     """One sequence, W_h up to _lstm.ONE_PACKED_MAX_BYTES: the run may switch
-    between the units split and no split from call to call (lstm._Chooser),
-    so both must give exactly the same outputs, state and gradients."""
+    between the units split, no split and one thread from call to call
+    (lstm._Chooser), so all must give exactly the same outputs, state and
+    gradients."""
     net = Arch(6, hidden, num_layers=2, bidirectional=bidirectional, peephole=True,
                output_size=3).make(dtype=dtype, seed=10)
     x = random_x(rng, 9, 1, 6).astype(dtype)
@@ -406,11 +407,12 @@ def test_a_chosen_split_gives_the_bits_of_one_thread(bidirectional, hidden, dtyp
     assert net._split(1) == "units"
     for lengths in (None, [7]):
         results = []
-        for mode in ("units", None):
+        for mode in lstm_module._Chooser.MODES:
             monkeypatch.setattr(lstm_module._Chooser, "choose", lambda self, mode=mode: mode)
             results.append(_run(net, x, lengths, state))
-        for a, b in zip(*results):
-            np.testing.assert_array_equal(a, b)
+        for other in results[1:]:
+            for a, b in zip(results[0], other):
+                np.testing.assert_array_equal(a, b)
 
 
 @needs_split
@@ -433,13 +435,14 @@ def test_the_pipelined_sequence_gives_the_bits_of_the_split(layers, head, dtype,
                         lambda *a, **k: pipes.append(1) or real_pipe(*a, **k))
     for lengths in (None, [71]):
         results = []
-        for mode in ("units", None):
+        for mode in lstm_module._Chooser.MODES:
             monkeypatch.setattr(lstm_module._Chooser, "choose", lambda self, mode=mode: mode)
             pipes.clear()
             results.append(_run(net, x, lengths, state))
             assert len(pipes) == (layers if mode is None else 0)
-        for a, b in zip(*results):
-            np.testing.assert_array_equal(a, b)
+        for other in results[1:]:
+            for a, b in zip(results[0], other):
+                np.testing.assert_array_equal(a, b)
         y, h, c, y_train = results[1][:4]
         np.testing.assert_array_equal(y, y_train)
         y_ref, (h_ref, c_ref) = run_reference(net, x, lengths, state)
@@ -483,9 +486,10 @@ def test_the_pipeline_refuses_what_it_cannot_run():
 
 
 def test_the_chooser_keeps_the_faster_way():
-    """lstm._Chooser: after PROBE_EVERY calls the other way runs once, and
-    the way faster in its last call is kept; a losing probe doubles the
-    wait for the next (up to PROBE_MAX), a winning one starts it again."""
+    """lstm._Chooser: after PROBE_EVERY calls another way runs once (the two
+    others in turn), and the way faster in its last call is kept; when both
+    others have lost, the wait for the next probe doubles (up to
+    PROBE_MAX), and a winning probe starts it again."""
     c = lstm_module._Chooser()
     every = c.PROBE_EVERY
 
@@ -494,28 +498,29 @@ def test_the_chooser_keeps_the_faster_way():
             assert c.choose() == mode
             c.record(mode, seconds)
 
+    def probe(seconds):
+        mode = c.choose()
+        assert mode != c.mode
+        c.record(mode, seconds)
+        return mode
+
     run("units", every, 1.0)                  # no probe before PROBE_EVERY calls
-    assert c.choose() is None                 # the probe of the other way
-    c.record(None, 0.8)                       # faster than the split's last: kept
+    assert probe(0.8) is None                 # the unsplit way first: faster, kept
     assert c.mode is None
     run(None, every, 0.8)
-    assert c.choose() == "units"              # the split is probed in turn
-    c.record("units", 0.9)                    # slower: stay unsplit, wait longer
-    assert c.mode is None
-    run(None, 2 * every, 0.8)
-    assert c.choose() == "units"
-    c.record("units", 0.9)
-    run(None, 4 * every, 1.2)                 # the unsplit way slowed down
-    assert c.choose() == "units"
-    c.record("units", 1.1)                    # now faster: back to the split
-    assert c.mode == "units"
-    run("units", every, 1.1)                  # and the wait starts again
-    assert c.choose() is None
-    c.record(None, 1.5)
-    for _ in range(10):                       # losing probes: at most PROBE_MAX apart
-        run("units", c.every, 1.1)
-        assert c.choose() is None
-        c.record(None, 1.5)
+    first = probe(0.9)                        # slower: stay, same wait
+    run(None, every, 0.8)
+    second = probe(0.9)                       # the other one, slower too
+    assert {first, second} == {"units", "one"}
+    run(None, 2 * every, 0.8)                 # both lost: the wait doubled
+    probe(0.9)
+    run(None, 2 * every, 1.2)                 # the kept way slowed down
+    winner = probe(1.1)                       # now faster: switch to it
+    assert c.mode == winner
+    run(winner, every, 1.1)                   # and the wait starts again
+    for _ in range(20):                       # losing probes: at most PROBE_MAX apart
+        probe(1.5)
+        run(winner, c.every, 1.1)
     assert c.every == c.PROBE_MAX
 
 

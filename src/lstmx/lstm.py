@@ -300,40 +300,47 @@ def _aligned_zeros(shape, dtype):
 
 class _Chooser:
     """Chooses, call by call, how a single sequence's recurrence runs: split
-    by units between two threads that meet at every step ("units"), or not
-    split (None: one thread, or a direction on each; for inference of one
+    by units between two threads that meet at every step ("units"), not
+    split (None: a direction on each thread, or for inference of one
     direction, pipelined with the projection and the head on the other
-    thread).
+    thread), or on one thread alone ("one").
 
     A step of a small network takes about a microsecond, and the meeting
     costs a round trip of a cache line between the two cores, which varies
     on a shared machine: 60-150 ns in some stretches and about 600 ns in
     others on one development VM, 260-410 ns on another. So every
-    PROBE_EVERY calls the other way runs once, and whichever was faster in
-    its last call is kept; a probe that loses doubles the wait for the next
-    (up to PROBE_MAX calls: a slower probe costs small_infer a third of a
-    call), one that wins starts it again. small_infer ran split in 0.69-0.98 ms and
-    pipelined in 0.52-0.74 ms on the second VM, split in 1.0-1.3 ms
-    (1.8-2.5 ms in slow stretches) and on one thread in 1.45-1.55 ms on
-    the first. Both ways give the same bits (see _lstm.lstm_forward's
-    project_whole), so the choice changes speed only. Races between
-    threads sharing a network only make a choice worse for a while.
+    PROBE_EVERY calls another way runs once (the two others in turn), and
+    whichever was faster in its last call is kept; when both others have
+    lost, the wait for the next probe doubles (up to PROBE_MAX calls: a
+    slower probe costs small_infer a third of a call), and a probe that
+    wins starts it again.
+    small_infer ran split in 0.69-0.98 ms and pipelined in 0.52-0.74 ms on
+    the second VM, split in 1.0-1.3 ms (1.8-2.5 ms in slow stretches) and
+    on one thread in 1.45-1.55 ms on the first; with a busy process on one
+    of the second VM's cores, pipelined in a median of 4.0 ms and on one
+    thread in 0.83 ms. All ways give the same bits (see
+    _lstm.lstm_forward's project_whole), so the choice changes speed only.
+    Races between threads sharing a network only make a choice worse for a
+    while.
     """
 
+    MODES = ("units", None, "one")
     PROBE_EVERY = 16
     PROBE_MAX = 256
 
     def __init__(self):
         self.mode = "units"
-        self.last = {"units": math.inf, None: math.inf}   # seconds a step
+        self.last = dict.fromkeys(self.MODES, math.inf)   # seconds a step
         self.since_probe = 0
         self.every = self.PROBE_EVERY
         self.probing = False
+        self.turn = 0
 
     def choose(self):
         self.probing = self.since_probe >= self.every
         if self.probing:
-            return None if self.mode == "units" else "units"
+            others = [m for m in self.MODES if m != self.mode]
+            return others[self.turn % len(others)]
         return self.mode
 
     def record(self, mode, seconds_per_step):
@@ -341,9 +348,11 @@ class _Chooser:
         if self.probing:
             self.probing, self.since_probe = False, 0
             if seconds_per_step < self.last[self.mode]:
-                self.mode, self.every = mode, self.PROBE_EVERY
+                self.mode, self.every, self.turn = mode, self.PROBE_EVERY, 0
             else:
-                self.every = min(2 * self.every, self.PROBE_MAX)
+                self.turn += 1
+                if self.turn % 2 == 0:   # both other ways lost: wait longer
+                    self.every = min(2 * self.every, self.PROBE_MAX)
         else:
             self.since_probe += 1
 
@@ -603,7 +612,10 @@ class LSTM:
                   and _lstm.packs_one_row(4 * H, H, dt.itemsize))
         if chosen:
             chooser = self._choosers[training]
-            split = chooser.choose()
+            mode = chooser.choose()
+            split = "units" if mode == "units" else None
+            if mode == "one":
+                threads = 1
             started = time.perf_counter()
         # The chosen sequence of one direction, unsplit: for inference the
         # second thread projects the gates ahead of the recurrence and runs
@@ -613,7 +625,7 @@ class LSTM:
         # bits of the split and of training's forward (tests/test_split.py).
         # small_infer, best ms (one thread, split by units, pipelined):
         # 0.86-0.88, 0.69-0.76, 0.60-0.63.
-        pipelined = chosen and split is None and D == 1 and not training
+        pipelined = chosen and split is None and threads == 2 and D == 1 and not training
         y = None
         pool = self._pool
         temps, kept = [], []
@@ -700,7 +712,7 @@ class LSTM:
                 pool.give([inp])        # read by this layer, needed no more
             inp = out
         if chosen:
-            chooser.record(split, (time.perf_counter() - started) / (T * L))
+            chooser.record(mode, (time.perf_counter() - started) / (T * L))
         top = inp
         if self.output_size is None:
             y = top
