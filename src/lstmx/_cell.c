@@ -32,9 +32,10 @@
  * and for AVX2 + FMA (and some a third time, for AVX-512: see "the AVX-512
  * build" below), and the public function picks one when the library is
  * loaded (lstmx_detect_cpu): one portable wheel runs the wide code where the
- * CPU has it. This file is compiled with -ffp-contract=fast (meson.build), so
- * a * b + c becomes one fused multiply-add where FMA exists: measured on
- * small_infer (hidden 64), 1.76 -> 1.46 ms. */
+ * CPU has it. This file is compiled with -ffp-contract=fast by GCC (=on,
+ * within an expression, by clang: see meson.build), so a * b + c becomes
+ * one fused multiply-add where FMA exists: measured on small_infer (hidden
+ * 64), 1.76 -> 1.46 ms. */
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(LSTMX_PLAIN_C)
 #define LSTMX_DISPATCH_FMA 1
 #else
@@ -328,9 +329,6 @@ static ATTR void cell_backward_##SFX##V(                                      \
 
 #if defined(__GNUC__) && !defined(LSTMX_PLAIN_C)  /* GCC, clang: vector extensions */
 
-/* The dot products of four rows (or one) of W with x, each summed in two
- * LANES-wide partial sums (so that the adds of one row do not wait on each
- * other), then across lanes, then the remainder. */
 /* The vector types of the baseline and AVX2 + FMA builds (256 bits: 8
  * float32 or 4 float64 lanes), loaded and summed across lanes by macros,
  * not functions: clang refuses a function built without AVX that takes or
@@ -350,6 +348,9 @@ typedef double vec_f64 __attribute__((vector_size(32)));
         s_;                                                                   \
     }))
 
+/* The dot products of four rows (or one) of W with x, each summed in two
+ * LANES-wide partial sums (so that the adds of one row do not wait on each
+ * other), then across lanes, then the remainder. */
 #define LSTMX_DOTS(T, SFX, LANES)                                             \
 static inline LSTMX_INLINE void dot4_##SFX(ptrdiff_t K, const T *w0,          \
                                            const T *x, T *y)                  \
@@ -1041,14 +1042,14 @@ static LSTMX_FMA_INLINE void store_f64(double *p, vec_f64 v)
             for (ptrdiff_t v = 0; v < nv; v++) {                              \
                 ptrdiff_t j = j0 + v * LANES;                                 \
                 vi[v] = sigmoid_##ACT(LSTMX_GATE_PRE(load_##SFX, 0, j)        \
-                                         + load_##SFX(peep + j)               \
-                                           * load_##SFX(c + j));              \
+                                      + load_##SFX(peep + j)                  \
+                                        * load_##SFX(c + j));                 \
             }                                                                 \
             for (ptrdiff_t v = 0; v < nv; v++) {                              \
                 ptrdiff_t j = j0 + v * LANES;                                 \
                 vf[v] = sigmoid_##ACT(LSTMX_GATE_PRE(load_##SFX, 1, j)        \
-                                         + load_##SFX(peep + H + j)           \
-                                           * load_##SFX(c + j));              \
+                                      + load_##SFX(peep + H + j)              \
+                                        * load_##SFX(c + j));                 \
             }                                                                 \
             for (ptrdiff_t v = 0; v < nv; v++) {                              \
                 ptrdiff_t j = j0 + v * LANES;                                 \
@@ -1060,7 +1061,7 @@ static LSTMX_FMA_INLINE void store_f64(double *p, vec_f64 v)
                 V g = vg[v];                                                  \
                 V c_t = f * c_prev + i * g;                                   \
                 V o = sigmoid_##ACT(LSTMX_GATE_PRE(load_##SFX, 3, j)          \
-                                       + load_##SFX(peep + 2 * H + j) * c_t); \
+                                    + load_##SFX(peep + 2 * H + j) * c_t);    \
                 V h_t = o * tanh_##ACT(c_t);                                  \
                 store_##SFX(c + j, c_t);                                      \
                 store_##SFX(h + j, h_t);                                      \
