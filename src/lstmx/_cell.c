@@ -923,90 +923,95 @@ LSTMX_SOFTMAX_XENT(float, f32, _base, , softmax_exps_f32)
 #define LSTMX_FMA __attribute__((target("avx2,fma")))
 LSTMX_KERNELS(_fma, LSTMX_FMA)
 
-/* The float32 activations on 8 lanes, for the AVX2 + FMA builds: the same
- * formulas as exp_f32, sigmoid_f32 and tanh_f32, with the clamp of exp as
- * vmaxps/vminps (the compiler turns the scalar clamp into compares and
- * blends, which keeps NaN but cost a third of the cell: 7.6 against 5.4 ns
- * a unit without it). Operands are ordered so that a NaN input gives NaN. */
+/* The vector activations: the formulas of exp_f32, sigmoid_f32 and tanh_f32
+ * (of exp_f64, sigmoid_f64 and tanh_f64) on the lanes of V, for the AVX2 +
+ * FMA builds (8 float32 or 4 float64 lanes) and the AVX-512 ones (16 or
+ * 8), with the clamp of exp as MAX and MIN, the lanes' vmaxps/vminps (the
+ * compiler turns the scalar clamp into compares and blends, which keeps NaN
+ * but cost a third of the cell: 7.6 against 5.4 ns a unit without it).
+ * Operands are ordered so that a NaN input gives NaN. VI (VU): V's lanes
+ * as signed (unsigned) integers. */
+#define LSTMX_SPLAT(V, v) ((V){0} + (v))
+#define LSTMX_VEC_ACTIVATIONS_F32(V, VI, ACT, INLINE, MAX, MIN)               \
+static INLINE V exp_##ACT(V x)                                                \
+{                                                                             \
+    x = MAX(LSTMX_SPLAT(V, -87.0f), x);   /* NaN: x */                        \
+    x = MIN(LSTMX_SPLAT(V, 88.0f), x);                                        \
+    V p = LSTMX_SPLAT(V, 1.0f / 5040.0f);                                     \
+    LSTMX_EXP_REDUCE(V, x, n, p)                                              \
+    VI bits = (__builtin_convertvector(n, VI) + 127) << 23;                   \
+    return p * (V)bits;                                                       \
+}                                                                             \
+                                                                              \
+static INLINE V sigmoid_##ACT(V x)                                            \
+{                                                                             \
+    return 1.0f / (1.0f + exp_##ACT(-x));                                     \
+}                                                                             \
+                                                                              \
+static INLINE V tanh_##ACT(V x)                                               \
+{                                                                             \
+    const VI magnitude = (VI){0} + 0x7fffffff;                                \
+    V ax = (V)((VI)x & magnitude);                                            \
+    V big = 1.0f - 2.0f / (exp_##ACT(2.0f * ax) + 1.0f);                      \
+    V x2 = x * x;                                                             \
+    V small = LSTMX_SPLAT(V, 62.0f / 2835.0f);                                \
+    small = small * x2 - 17.0f / 315.0f;                                      \
+    small = small * x2 + 2.0f / 15.0f;                                        \
+    small = small * x2 - 1.0f / 3.0f;                                         \
+    small = small * x2 + 1.0f;                                                \
+    small = small * ax;                                                       \
+    VI use_small = ax < 0.25f;                                                \
+    VI t = (use_small & (VI)small) | (~use_small & (VI)big);                  \
+    return (V)((t & magnitude) | ((VI)x & ~magnitude));  /* copysign */       \
+}
+
+#define LSTMX_VEC_ACTIVATIONS_F64(V, VI, VU, ACT, INLINE, MAX, MIN)           \
+static INLINE V exp_##ACT(V x)                                                \
+{                                                                             \
+    x = MAX(LSTMX_SPLAT(V, -746.0), x);   /* NaN: x */                        \
+    x = MIN(LSTMX_SPLAT(V, 710.0), x);                                        \
+    V p = LSTMX_SPLAT(V, 1.0 / 6227020800.0);                                 \
+    LSTMX_EXP64_REDUCE(V, x, t, p)                                            \
+    VI n = (VI)t - (VI)LSTMX_SPLAT(V, LSTMX_EXP64_MAGIC);                     \
+    VI n1 = LSTMX_HALF_N(VI, VU, n);                                          \
+    return p * (V)((n1 + 1023) << 52) * (V)((n - n1 + 1023) << 52);           \
+}                                                                             \
+                                                                              \
+static INLINE V sigmoid_##ACT(V x)                                            \
+{                                                                             \
+    return 1.0 / (1.0 + exp_##ACT(-x));                                       \
+}                                                                             \
+                                                                              \
+static INLINE V tanh_##ACT(V x)                                               \
+{                                                                             \
+    const VI magnitude = (VI){0} + 0x7fffffffffffffff;                        \
+    V ax = (V)((VI)x & magnitude);                                            \
+    V big = 1.0 - 2.0 / (exp_##ACT(2.0 * ax) + 1.0);                          \
+    V small = LSTMX_SPLAT(V, LSTMX_TANH64_Q11);                               \
+    LSTMX_TANH64_SMALL(V, x, s, small)                                        \
+    VI signed_big = ((VI)big & magnitude) | ((VI)x & ~magnitude);             \
+    VI use_small = ax < 0.625;                                                \
+    return (V)((use_small & (VI)small) | (~use_small & signed_big));          \
+}
+
+/* Stores of any vector, a macro like LSTMX_LOAD */
+#define LSTMX_STORE(p, v)                                                     \
+    (__extension__({ __typeof__(v) s_ = (v); memcpy((p), &s_, sizeof s_); }))
+#define store_f32(p, v) LSTMX_STORE(p, v)
+#define store_f64(p, v) LSTMX_STORE(p, v)
+
 typedef int32_t vec_i32 __attribute__((vector_size(32)));
-#define LSTMX_SPLAT(v) ((vec_f32){v, v, v, v, v, v, v, v})
-#define LSTMX_FMA_INLINE LSTMX_FMA __attribute__((always_inline)) inline
-
-static LSTMX_FMA_INLINE vec_f32 exp_v8(vec_f32 x)
-{
-    x = __builtin_ia32_maxps256(LSTMX_SPLAT(-87.0f), x);   /* NaN: x */
-    x = __builtin_ia32_minps256(LSTMX_SPLAT(88.0f), x);
-    vec_f32 p = LSTMX_SPLAT(1.0f / 5040.0f);
-    LSTMX_EXP_REDUCE(vec_f32, x, n, p)
-    vec_i32 bits = (__builtin_convertvector(n, vec_i32) + 127) << 23;
-    return p * (vec_f32)bits;
-}
-
-static LSTMX_FMA_INLINE vec_f32 sigmoid_v8(vec_f32 x)
-{
-    return 1.0f / (1.0f + exp_v8(-x));
-}
-
-static LSTMX_FMA_INLINE vec_f32 tanh_v8(vec_f32 x)
-{
-    const vec_i32 magnitude = (vec_i32)LSTMX_SPLAT(0.0f) + 0x7fffffff;
-    vec_f32 ax = (vec_f32)((vec_i32)x & magnitude);
-    vec_f32 big = 1.0f - 2.0f / (exp_v8(2.0f * ax) + 1.0f);
-    vec_f32 x2 = x * x;
-    vec_f32 small = LSTMX_SPLAT(62.0f / 2835.0f);
-    small = small * x2 - 17.0f / 315.0f;
-    small = small * x2 + 2.0f / 15.0f;
-    small = small * x2 - 1.0f / 3.0f;
-    small = small * x2 + 1.0f;
-    small = small * ax;
-    vec_i32 use_small = ax < 0.25f;
-    vec_i32 t = (use_small & (vec_i32)small) | (~use_small & (vec_i32)big);
-    return (vec_f32)((t & magnitude) | ((vec_i32)x & ~magnitude));  /* copysign */
-}
-
-/* The float64 activations on 4 lanes: exp_f64, sigmoid_f64 and tanh_f64's
- * formulas, their clamp and NaN as exp_v8's. */
 typedef int64_t vec_i64 __attribute__((vector_size(32)));
 typedef uint64_t vec_u64 __attribute__((vector_size(32)));
-#define LSTMX_SPLAT4(v) ((vec_f64){v, v, v, v})
-
-static LSTMX_FMA_INLINE vec_f64 exp_v4(vec_f64 x)
-{
-    x = __builtin_ia32_maxpd256(LSTMX_SPLAT4(-746.0), x);   /* NaN: x */
-    x = __builtin_ia32_minpd256(LSTMX_SPLAT4(710.0), x);
-    vec_f64 p = LSTMX_SPLAT4(1.0 / 6227020800.0);
-    LSTMX_EXP64_REDUCE(vec_f64, x, t, p)
-    vec_i64 n = (vec_i64)t - (vec_i64)LSTMX_SPLAT4(LSTMX_EXP64_MAGIC);
-    vec_i64 n1 = LSTMX_HALF_N(vec_i64, vec_u64, n);
-    return p * (vec_f64)((n1 + 1023) << 52) * (vec_f64)((n - n1 + 1023) << 52);
-}
-
-static LSTMX_FMA_INLINE vec_f64 sigmoid_v4(vec_f64 x)
-{
-    return 1.0 / (1.0 + exp_v4(-x));
-}
-
-static LSTMX_FMA_INLINE vec_f64 tanh_v4(vec_f64 x)
-{
-    const vec_i64 magnitude = (vec_i64)LSTMX_SPLAT4(0.0) + 0x7fffffffffffffff;
-    vec_f64 ax = (vec_f64)((vec_i64)x & magnitude);
-    vec_f64 big = 1.0 - 2.0 / (exp_v4(2.0 * ax) + 1.0);
-    vec_f64 small = LSTMX_SPLAT4(LSTMX_TANH64_Q11);
-    LSTMX_TANH64_SMALL(vec_f64, x, s, small)
-    vec_i64 signed_big = ((vec_i64)big & magnitude) | ((vec_i64)x & ~magnitude);
-    vec_i64 use_small = ax < 0.625;
-    return (vec_f64)((use_small & (vec_i64)small) | (~use_small & signed_big));
-}
-
-static LSTMX_FMA_INLINE void store_f32(float *p, vec_f32 v)
-{
-    memcpy(p, &v, sizeof v);
-}
-
-static LSTMX_FMA_INLINE void store_f64(double *p, vec_f64 v)
-{
-    memcpy(p, &v, sizeof v);
-}
+#define LSTMX_FMA_INLINE LSTMX_FMA __attribute__((always_inline)) inline
+#define LSTMX_MAX_V8(a, b) ((vec_f32)_mm256_max_ps((__m256)(a), (__m256)(b)))
+#define LSTMX_MIN_V8(a, b) ((vec_f32)_mm256_min_ps((__m256)(a), (__m256)(b)))
+#define LSTMX_MAX_V4(a, b) ((vec_f64)_mm256_max_pd((__m256d)(a), (__m256d)(b)))
+#define LSTMX_MIN_V4(a, b) ((vec_f64)_mm256_min_pd((__m256d)(a), (__m256d)(b)))
+LSTMX_VEC_ACTIVATIONS_F32(vec_f32, vec_i32, v8, LSTMX_FMA_INLINE, LSTMX_MAX_V8,
+                          LSTMX_MIN_V8)
+LSTMX_VEC_ACTIVATIONS_F64(vec_f64, vec_i64, vec_u64, v4, LSTMX_FMA_INLINE, LSTMX_MAX_V4,
+                          LSTMX_MIN_V4)
 
 /* The cell forward and the activations' test hook on LANES units at a
  * time, the scalar loop past the last LANES (the lanes give its bits).
@@ -1268,84 +1273,20 @@ LSTMX_GEMM_PACKED(double, f64z, 8, _512, LSTMX_512)
 LSTMX_GEMM_TN(float, f32z, 16, _512, LSTMX_512)
 LSTMX_GEMM_TN(double, f64z, 8, _512, LSTMX_512)
 
-/* exp_v8's, sigmoid_v8's and tanh_v8's arithmetic on 16 lanes */
+/* the activations on 16 float32 and 8 float64 lanes */
 typedef int32_t vec_i32z __attribute__((vector_size(64)));
-#define LSTMX_SPLAT16(v) ((vec_f32z){v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v})
-
-static LSTMX_512_INLINE vec_f32z exp_v16(vec_f32z x)
-{
-    x = (vec_f32z)_mm512_max_ps((__m512)LSTMX_SPLAT16(-87.0f), (__m512)x);  /* NaN: x */
-    x = (vec_f32z)_mm512_min_ps((__m512)LSTMX_SPLAT16(88.0f), (__m512)x);
-    vec_f32z p = LSTMX_SPLAT16(1.0f / 5040.0f);
-    LSTMX_EXP_REDUCE(vec_f32z, x, n, p)
-    vec_i32z bits = (__builtin_convertvector(n, vec_i32z) + 127) << 23;
-    return p * (vec_f32z)bits;
-}
-
-static LSTMX_512_INLINE vec_f32z sigmoid_v16(vec_f32z x)
-{
-    return 1.0f / (1.0f + exp_v16(-x));
-}
-
-static LSTMX_512_INLINE vec_f32z tanh_v16(vec_f32z x)
-{
-    const vec_i32z magnitude = (vec_i32z)LSTMX_SPLAT16(0.0f) + 0x7fffffff;
-    vec_f32z ax = (vec_f32z)((vec_i32z)x & magnitude);
-    vec_f32z big = 1.0f - 2.0f / (exp_v16(2.0f * ax) + 1.0f);
-    vec_f32z x2 = x * x;
-    vec_f32z small = LSTMX_SPLAT16(62.0f / 2835.0f);
-    small = small * x2 - 17.0f / 315.0f;
-    small = small * x2 + 2.0f / 15.0f;
-    small = small * x2 - 1.0f / 3.0f;
-    small = small * x2 + 1.0f;
-    small = small * ax;
-    vec_i32z use_small = ax < 0.25f;
-    vec_i32z t = (use_small & (vec_i32z)small) | (~use_small & (vec_i32z)big);
-    return (vec_f32z)((t & magnitude) | ((vec_i32z)x & ~magnitude));  /* copysign */
-}
-
-/* exp_v4's, sigmoid_v4's and tanh_v4's arithmetic on 8 lanes */
 typedef int64_t vec_i64z __attribute__((vector_size(64)));
 typedef uint64_t vec_u64z __attribute__((vector_size(64)));
-#define LSTMX_SPLAT8D(v) ((vec_f64z){v, v, v, v, v, v, v, v})
-
-static LSTMX_512_INLINE vec_f64z exp_w8(vec_f64z x)
-{
-    x = (vec_f64z)_mm512_max_pd((__m512d)LSTMX_SPLAT8D(-746.0), (__m512d)x);  /* NaN: x */
-    x = (vec_f64z)_mm512_min_pd((__m512d)LSTMX_SPLAT8D(710.0), (__m512d)x);
-    vec_f64z p = LSTMX_SPLAT8D(1.0 / 6227020800.0);
-    LSTMX_EXP64_REDUCE(vec_f64z, x, t, p)
-    vec_i64z n = (vec_i64z)t - (vec_i64z)LSTMX_SPLAT8D(LSTMX_EXP64_MAGIC);
-    vec_i64z n1 = LSTMX_HALF_N(vec_i64z, vec_u64z, n);
-    return p * (vec_f64z)((n1 + 1023) << 52) * (vec_f64z)((n - n1 + 1023) << 52);
-}
-
-static LSTMX_512_INLINE vec_f64z sigmoid_w8(vec_f64z x)
-{
-    return 1.0 / (1.0 + exp_w8(-x));
-}
-
-static LSTMX_512_INLINE vec_f64z tanh_w8(vec_f64z x)
-{
-    const vec_i64z magnitude = (vec_i64z)LSTMX_SPLAT8D(0.0) + 0x7fffffffffffffff;
-    vec_f64z ax = (vec_f64z)((vec_i64z)x & magnitude);
-    vec_f64z big = 1.0 - 2.0 / (exp_w8(2.0 * ax) + 1.0);
-    vec_f64z small = LSTMX_SPLAT8D(LSTMX_TANH64_Q11);
-    LSTMX_TANH64_SMALL(vec_f64z, x, s, small)
-    vec_i64z signed_big = ((vec_i64z)big & magnitude) | ((vec_i64z)x & ~magnitude);
-    vec_i64z use_small = ax < 0.625;
-    return (vec_f64z)((use_small & (vec_i64z)small) | (~use_small & signed_big));
-}
-
-static LSTMX_512_INLINE void store_f32z(float *p, vec_f32z v)
-{
-    memcpy(p, &v, sizeof v);
-}
-
-static LSTMX_512_INLINE void store_f64z(double *p, vec_f64z v)
-{
-    memcpy(p, &v, sizeof v);
-}
+#define LSTMX_MAX_V16(a, b) ((vec_f32z)_mm512_max_ps((__m512)(a), (__m512)(b)))
+#define LSTMX_MIN_V16(a, b) ((vec_f32z)_mm512_min_ps((__m512)(a), (__m512)(b)))
+#define LSTMX_MAX_W8(a, b) ((vec_f64z)_mm512_max_pd((__m512d)(a), (__m512d)(b)))
+#define LSTMX_MIN_W8(a, b) ((vec_f64z)_mm512_min_pd((__m512d)(a), (__m512d)(b)))
+LSTMX_VEC_ACTIVATIONS_F32(vec_f32z, vec_i32z, v16, LSTMX_512_INLINE, LSTMX_MAX_V16,
+                          LSTMX_MIN_V16)
+LSTMX_VEC_ACTIVATIONS_F64(vec_f64z, vec_i64z, vec_u64z, w8, LSTMX_512_INLINE,
+                          LSTMX_MAX_W8, LSTMX_MIN_W8)
+#define store_f32z(p, v) LSTMX_STORE(p, v)
+#define store_f64z(p, v) LSTMX_STORE(p, v)
 
 LSTMX_VEC_KERNELS(float, f32z, f32, 16, v16, _512, LSTMX_512)
 LSTMX_VEC_KERNELS(double, f64z, f64, 8, w8, _512, LSTMX_512)
