@@ -729,30 +729,31 @@ static ATTR void gemv_packed_##SFX##V(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,  \
 static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
                                       const T *restrict A, ptrdiff_t lda,     \
                                       const T *restrict P, T *restrict C,     \
-                                      ptrdiff_t ldc)                          \
+                                      ptrdiff_t ldc, int backwards)           \
 {                                                                             \
-    const ptrdiff_t NR = 2 * LANES;                                           \
-    const T *P0 = P;                                                          \
+    const ptrdiff_t NR = 2 * LANES, panels = (M + NR - 1) / NR;               \
     /* up to 3 rows are row_'s across several panels, as is a lone last row   \
      * (N = 7, 13, ...) after the tiles. One core, us, tiles / row_: N = 2    \
      * 1.71/1.22 at M = 256, K = 64, 41.8/34.0 at M = 1280, K = 320; N = 3    \
      * 1.82/1.79 and 39.1/35.0. */                                            \
     if (N >= 1 && N <= 3) {                                                  \
-        gemv_packed_##SFX##V(1, M, K, A, P, C, 0, (int)N, lda, ldc, 0);       \
+        gemv_packed_##SFX##V(1, M, K, A, P, C, 0, (int)N, lda, ldc,           \
+                             backwards);                                      \
         return;                                                               \
     }                                                                         \
     ptrdiff_t Nt = N % LSTMX_MR == 1 ? N - 1 : N;                             \
-    for (ptrdiff_t j0 = 0; j0 < M && Nt; j0 += NR, P += NR * K) {             \
-        ptrdiff_t nc = M - j0 < NR ? M - j0 : NR;                             \
+    for (ptrdiff_t pi = 0; pi < panels && Nt; pi++) {                         \
+        const ptrdiff_t j0 = (backwards ? panels - 1 - pi : pi) * NR;         \
+        const ptrdiff_t nc = M - j0 < NR ? M - j0 : NR;                       \
         for (ptrdiff_t n = 0, mr; n < Nt; n += mr) {                          \
             mr = lstmx_tile_rows(Nt - n);                                     \
-            LSTMX_TILE_CALL(tile_##SFX, K, mr, A + n * lda, lda, 1, P, NR,    \
-                            C + n * ldc + j0, ldc, nc, 1)                     \
+            LSTMX_TILE_CALL(tile_##SFX, K, mr, A + n * lda, lda, 1,           \
+                            P + j0 * K, NR, C + n * ldc + j0, ldc, nc, 1)     \
         }                                                                     \
     }                                                                         \
     if (Nt < N)                                                               \
-        gemv_packed_##SFX##V(1, M, K, A + Nt * lda, P0, C + Nt * ldc, 0, 1, 0, \
-                             0, 0);                                           \
+        gemv_packed_##SFX##V(1, M, K, A + Nt * lda, P, C + Nt * ldc, 0, 1, 0, \
+                             0, backwards);                                   \
 }
 
 /* Weight gradients over all of a layer's rows at once: C (M, Nc) = A^T B,
@@ -1381,10 +1382,10 @@ void lstmx_matmat_t_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, ptrdiff_t N,  \
                                                                               \
 void lstmx_gemm_packed_##SFX(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,           \
                              const T *A, ptrdiff_t lda, const T *P, T *C,     \
-                             ptrdiff_t ldc)                                   \
+                             ptrdiff_t ldc, int backwards)                    \
 {                                                                             \
     LSTMX_PICK_WIDE(gemm_packed_##SFX, gemm_packed_##SFX##z)(                 \
-        N, M, K, A, lda, P, C, ldc);                                          \
+        N, M, K, A, lda, P, C, ldc, backwards);                               \
 }                                                                             \
                                                                               \
 void lstmx_gemm_tn_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,            \

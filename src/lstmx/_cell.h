@@ -45,7 +45,7 @@ LSTMX_DECLARE_MATMAT(double, f64)
                           ptrdiff_t sm, ptrdiff_t sk, T *P);                  \
     void lstmx_gemm_packed_##SFX(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,       \
                                  const T *A, ptrdiff_t lda, const T *P,       \
-                                 T *C, ptrdiff_t ldc);                       \
+                                 T *C, ptrdiff_t ldc, int backwards);        \
     /* C (M, Nc) = A^T B for A (K, M), B (K, Nc) as they are (weight       \
      * gradients over all of a layer's rows) */                               \
     void lstmx_gemm_tn_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,          \

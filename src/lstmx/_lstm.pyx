@@ -80,10 +80,11 @@ cdef extern from "_cell.h" nogil:
                         Py_ssize_t sm, Py_ssize_t sk, double* P)
     void lstmx_gemm_packed_f32(Py_ssize_t N, Py_ssize_t M, Py_ssize_t K,
                                const float* A, Py_ssize_t lda, const float* P,
-                               float* C, Py_ssize_t ldc)
+                               float* C, Py_ssize_t ldc, int backwards)
     void lstmx_gemm_packed_f64(Py_ssize_t N, Py_ssize_t M, Py_ssize_t K,
                                const double* A, Py_ssize_t lda,
-                               const double* P, double* C, Py_ssize_t ldc)
+                               const double* P, double* C, Py_ssize_t ldc,
+                               int backwards)
     void lstmx_gemm_tn_f32(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
                            const float* A, Py_ssize_t lda, const float* B,
                            Py_ssize_t ldb, float* C, Py_ssize_t ldc)
@@ -284,12 +285,15 @@ cdef inline void _pack(Py_ssize_t M, Py_ssize_t K, const floating* W,
 cdef inline void _gemm_packed(Py_ssize_t N, Py_ssize_t M, Py_ssize_t K,
                               const floating* A, Py_ssize_t lda,
                               const floating* P, floating* C,
-                              Py_ssize_t ldc) noexcept nogil:
-    """C (N, M) = A (N, K) B, B packed in P (_cell.c)."""
+                              Py_ssize_t ldc, bint backwards=False) noexcept nogil:
+    """C (N, M) = A (N, K) B, B packed in P (_cell.c); backwards, B's panels
+    from the last to the first (the same sums: a recurrence alternates, so
+    that a step starts on the panels the step before read last, still in
+    cache)."""
     if floating is float:
-        lstmx_gemm_packed_f32(N, M, K, A, lda, P, C, ldc)
+        lstmx_gemm_packed_f32(N, M, K, A, lda, P, C, ldc, backwards)
     else:
-        lstmx_gemm_packed_f64(N, M, K, A, lda, P, C, ldc)
+        lstmx_gemm_packed_f64(N, M, K, A, lda, P, C, ldc, backwards)
 
 
 cdef inline void _gemv_packed(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
@@ -607,21 +611,19 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
         # rec = h_{t-1} W_h^T.
         if whole and w_pack == NULL:
             _matmat_zigzag(G, H, w_h, Nb, cur + n0 * H, H, rec + n0 * G, G, s % 2)
-        elif whole and Nb == 1:
-            _gemv_packed(1, G, H, cur + n0 * H, w_pack, rec + n0 * G, G, s % 2)
         elif whole:
-            _gemm_packed(Nb, G, H, cur + n0 * H, H, w_pack, rec + n0 * G, G)
+            _gemm_packed(Nb, G, H, cur + n0 * H, H, w_pack, rec + n0 * G, G, s % 2)
         elif w_pack != NULL and N == 1:
             _gemv_packed(4, nu, H, cur, w_pack, rec + u0, H, s % 2)
         else:
             for g in range(4):
+                gb = 3 - g if s % 2 else g   # the gate blocks backwards too
                 if w_pack == NULL:
-                    gb = 3 - g if s % 2 else g   # the gate blocks backwards too
                     _matmat_zigzag(nu, H, w_h + (gb * H + u0) * H, N, cur, H,
                                    rec + gb * H + u0, G, s % 2)
                 else:
-                    _gemm_packed(N, nu, H, cur, H, w_pack + g * seg,
-                                 rec + g * H + u0, G)
+                    _gemm_packed(N, nu, H, cur, H, w_pack + gb * seg,
+                                 rec + gb * H + u0, G, s % 2)
         for n in range(n0, n1):
             if s >= lengths[n]:
                 # finished: the final state is carried into the other half
@@ -910,7 +912,7 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
         if w_pack == NULL:
             _matmat_t(G, H, w_h, Nb, drec + n0 * G, G, dh_rec + n0 * H, H)
         else:
-            _gemm_packed(Nb, H, G, drec + n0 * G, G, w_pack, dh_rec + n0 * H, H)
+            _gemm_packed(Nb, H, G, drec + n0 * G, G, w_pack, dh_rec + n0 * H, H, s % 2)
     memcpy(dh0 + n0 * H, dh_rec + n0 * H, Nb * H * sizeof(floating))
     memset(dbias, 0, G * sizeof(floating))
     for t in range(T):
