@@ -568,6 +568,19 @@ def test_the_chooser_is_asked_only_for_a_small_single_sequence(rng, monkeypatch)
     assert len(asked) == 1 and len(told) == 1
 
 
+@needs_split
+def test_each_size_class_of_T_has_its_own_chooser(rng):
+    """A call's fixed cost weighs on short calls' time a step: calls of
+    one size class of T (a power of two) do not choose for another's."""
+    net = lstmx.LSTM(4, 64, dtype=np.float32, seed=0)
+    for T in (1, 1, 5, 6, 7, 300, 1, 300):
+        net.predict(random_x(rng, T, 1, 4))
+    assert set(net._choosers) == {(False, 1), (False, 3), (False, 9)}
+    assert len({id(c) for c in net._choosers.values()}) == 3
+    y, cache = net.forward(random_x(rng, 5, 1, 4))
+    assert (True, 3) in net._choosers and net._choosers[(True, 3)] is not net._choosers[(False, 3)]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_weight_gradient_gemm_against_numpy(dtype, rng):
     """gemm_tn, C = A^T B over K rows (the weight gradients), on every

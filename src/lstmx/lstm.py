@@ -435,8 +435,9 @@ class LSTM:
         if self.output_size is not None:
             self._fc = (_view(self.flat, *self._fc_w), _view(self.flat, *self._fc_b))
         self._pool = _Pool(self.dtype)
-        # one per kind of run: a training step's steps take longer
-        self._choosers = {False: _Chooser(), True: _Chooser()}
+        # one per kind of run (a training step's steps take longer) and
+        # size class of T (see _run)
+        self._choosers = {}
         self._no_peep = np.zeros(3 * H, dtype=self.dtype)
         self._no_peep.flags.writeable = False
         self.reset_parameters(seed)
@@ -611,7 +612,15 @@ class LSTM:
         chosen = (split == "units" and N == 1
                   and _lstm.packs_one_row(4 * H, H, dt.itemsize))
         if chosen:
-            chooser = self._choosers[training]
+            # A call's fixed cost weighs on its time a step in inverse
+            # proportion to T, and differs between the ways (small_infer's
+            # network at T = 1: 39 us on one thread, 43 pipelined; at
+            # T = 1000: 698 and 519 us), so a way is chosen for each power
+            # of two of T: short calls do not choose for long ones.
+            key = (training, T.bit_length())
+            chooser = self._choosers.get(key)
+            if chooser is None:
+                chooser = self._choosers[key] = _Chooser()
             mode = chooser.choose()
             split = "units" if mode == "units" else None
             if mode == "one":
