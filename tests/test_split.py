@@ -211,19 +211,21 @@ def test_a_lone_row_sums_as_a_tile_does(dtype, rng):
 
 @needs_split
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_batch_split_by_units(dtype, rng, monkeypatch):
+@pytest.mark.parametrize("T", [5, 1])
+def test_batch_split_by_units(dtype, T, rng, monkeypatch):
     """One direction of several sequences with a W_h too large for both
-    threads to read (lstm.SPLIT_BATCH_MAX_BYTES, lowered here): forward
-    shares each step's packed GEMM between two threads by units; the same
-    results as one thread."""
+    threads to read (lstm.SPLIT_BATCH_MAX_BYTES, lowered here): each thread
+    projects half of the steps (all of them on one, for T = 1), then
+    forward shares each step's packed GEMM between two threads by units;
+    the same results as one thread."""
     N = 20
     net = Arch(6, 64, num_layers=2, bidirectional=False, peephole=True, output_size=3).make(
         dtype=dtype, seed=7)
     monkeypatch.setattr(lstm_module, "SPLIT_BATCH_MAX_BYTES", 0)
     assert net._split(N) == "units"
-    x = random_x(rng, 5, N, 6).astype(dtype)
+    x = random_x(rng, T, N, 6).astype(dtype)
     state = random_state(rng, net, N)
-    lengths = rng.integers(1, 6, N)
+    lengths = rng.integers(1, T + 1, N)
     split = _run(net, x, lengths, state)
     monkeypatch.setattr(lstm_module, "SPLIT_MIN_BATCH", 1 << 30)
     monkeypatch.setattr(lstm_module, "BACKWARD_SPLIT_MIN_FLOPS", 1 << 62)

@@ -69,11 +69,18 @@ SPLIT_L2_OVER = 1.5
 # Earlier: H=8 N=32 0.77/0.77; H=16 N=128 4.30/6.14; H=320 T=50 N=32
 # 13.5/23.0; H=512 N=64 T=100 (big_infer) 198/337.
 SPLIT_MIN_BATCH = 2
-# ... unless W_h is larger than this: then the two threads share each step
-# by units, each reading half of W_h, rather than each reading all of it.
-# Measured, predict, float32, ms (halves / units): H=320 T=50 N=32
-# 13.5-15.9/13.1-16.8, H=512 N=64 T=100 198-225/194-223, H=1024 T=10 N=32
-# 40.3-49.6/33.4-35.5.
+# ... unless W_h is larger than a core's L2 or than this (this alone where
+# Linux does not tell the L2's size): then the two threads share each step by units,
+# each reading half of W_h, rather than each reading all of it from L3,
+# after projecting half of the rows each. Measured with a 2 MB L2,
+# predict, float32, best ms of alternating blocks (halves / units):
+# H=128 N=64 T=100 7.2/8.6, H=192 N=16 T=200 5.7/6.6, H=256 N=32 T=100
+# (W_h 1 MB) 12.3/13.7; H=320 (1.6 MB) N=8 T=200 10.8/10.8, N=32 T=100
+# 20.2/20.1, N=64 T=50 19.6/20.5; H=384 (2.4 MB) N=64 T=100 57.0/53.4,
+# H=448 75.2/74.0; H=512 N=8 T=100 18.6/14.0, N=16 30.0/24.1, N=64
+# (big_infer) 96.7-98.1/93.6-94.7; H=640 N=64 T=50 71.2/65.3; H=1024 N=32
+# T=20 38.0/31.6. (With a 512 KB L2, when each part projected its columns:
+# H=320 T=50 N=32 13.5-15.9/13.1-16.8, H=512 N=64 198-225/194-223.)
 SPLIT_BATCH_MAX_BYTES = 8 * 1024 * 1024
 # Backward of one direction halves the batch between two threads when a
 # step's product da W_h is at least this many flops (see
@@ -546,8 +553,8 @@ class LSTM:
         other way reads from L3.
 
         One direction of many sequences runs a GEMM per step, which is
-        split this way when W_h is too large for each thread to read all of
-        it (SPLIT_BATCH_MAX_BYTES); else the batch is halved (see _split).
+        split this way when W_h is larger than a core's L2 (see
+        SPLIT_BATCH_MAX_BYTES); else the batch is halved (see _split).
         Two directions run on a thread each instead.
         """
         H = self.hidden_size
@@ -561,7 +568,9 @@ class LSTM:
                 return w_h_bytes > SPLIT_L2_OVER * l2 and w_h_bytes / 2 <= l2
         if N == 1:
             return w_h_bytes > SPLIT_MIN_BYTES
-        return self.num_directions == 1 and N >= SPLIT_MIN_BATCH and w_h_bytes > SPLIT_BATCH_MAX_BYTES
+        l2 = l2_cache_bytes()
+        return (self.num_directions == 1 and N >= SPLIT_MIN_BATCH
+                and w_h_bytes > min(SPLIT_BATCH_MAX_BYTES, l2 or SPLIT_BATCH_MAX_BYTES))
 
     def _split_head(self, R, threads=None):
         """Whether the head's products over R rows (forward: y = h W^T + b;
@@ -671,19 +680,36 @@ class LSTM:
                 h_buf[d][0] = h[layer * D + d]
 
             def job(d, thread, part=0, nparts=1, barrier=None, n0=0, n1=-1, pipe=None,
-                    layer=layer, inp=inp, out=out, record=record):
+                    projected=False, layer=layer, inp=inp, out=out, record=record):
                 # direction d on thread `thread`: all of it, its units' part
                 # `part` of `nparts`, or its sequences n0..n1-1; with pipe,
-                # projected by an lstm_pipe job at the same time
+                # projected by an lstm_pipe job at the same time; with
+                # projected, the gates hold the projection already
                 k = layer * D + d
                 w_x, w_h, bias, peep = self._kernel_params(k)
-                x_in = inp if n1 == -1 and pipe is None else empty   # projected elsewhere
+                elsewhere = projected or n1 != -1 or pipe is not None
+                x_in = empty if elsewhere else inp
                 return _lstm.lstm_forward(x_in, w_x, w_h, bias, peep, lengths, d == 1, h_buf[d],
                                           c[k], out, d * H, *record[d], rec[thread], part,
                                           nparts, barrier, n0, n1, project_whole=chosen,
                                           pipe=pipe, defer=True)
 
-            if split == "units":
+            if split == "units" and N > 1:
+                # one direction of many sequences: each thread projects
+                # half of the rows (a part's columns of each gate, as one
+                # GEMM a gate block, copy all of X for BLAS four times),
+                # then the units are halved between the two threads
+                w_x, projected = self._packed[layer][0], record[0][0]
+                if T > 1:
+                    _pair(_lstm.lstm_project(inp[:T // 2], w_x, projected[:T // 2], defer=True),
+                          _lstm.lstm_project(inp[T // 2:], w_x, projected[T // 2:], defer=True),
+                          threads)
+                else:
+                    _lstm.lstm_project(inp, w_x, projected)
+                barrier = np.zeros(2, np.intc)
+                _pair(job(0, 0, 0, 2, barrier, projected=True),
+                      job(0, 1, 1, 2, barrier, projected=True), threads)
+            elif split == "units":
                 # each direction in turn, its units halved between two
                 # threads that meet at every step (see _split_recurrence)
                 for d in range(D):
