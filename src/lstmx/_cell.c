@@ -491,22 +491,33 @@ LSTMX_DOTS(double, f64, 4)
  * C[n][m] is summed over k = 0, 1, ..., K-1 in order, in one tile or
  * another: the same bits whichever rows and columns a thread computes. */
 #define LSTMX_MR 6
-_Static_assert(LSTMX_MR == 6, "LSTMX_TILE_CALL's cases assume 6");
+/* The AVX-512 build's tiles: 8 rows, 16 accumulators of its 32 registers
+ * (the AVX2 build has 16 registers: 12 accumulators, 2 of B and 1 of A).
+ * One core, the other running the same, GFLOP/s of gemm_packed, 6 / 8
+ * rows: N=64 M=256 K=512 (big_infer's gate block of a half) 181/187, N=32
+ * M=1280 K=320 (seed_train's step) 170/185. */
+#define LSTMX_MR_512 8
+#define LSTMX_MR_MAX 8
+_Static_assert(LSTMX_MR_MAX == 8, "LSTMX_TILE_CALL's cases assume 8");
 
-/* Rows of the next register tile when `left` rows remain: LSTMX_MR, but the
- * last 7, 8 or 9 as 4+3, 4+4 or 4+5, since 2 or 3 rows alone keep 4 or 6
- * accumulators, each FMA waiting on the one before (big_infer's and
- * seed_train's 32 rows a thread: tiles of 6, 6, 6, 6, 4, 4). gemm_packed
- * gives a lone last row to row_ instead, so it never asks for 7. */
-static inline ptrdiff_t lstmx_tile_rows(ptrdiff_t left)
+/* Rows of the next register tile when `left` rows remain, of tiles of at
+ * most mr rows: mr, but the last mr + 1 to mr + 3 as two tiles of about
+ * half each (for mr = 6: 7, 8 or 9 as 4+3, 4+4 or 5+4), since 2 or 3 rows
+ * alone keep 4 or 6 accumulators, each FMA waiting on the one before
+ * (seed_train's 32 rows a thread: tiles of 6, 6, 6, 6, 4, 4, or 8, 8, 8,
+ * 8). gemm_packed gives a lone last row to row_ instead, so it never asks
+ * for mr + 1. */
+static inline ptrdiff_t lstmx_tile_rows(ptrdiff_t left, ptrdiff_t mr)
 {
-    return left == LSTMX_MR || left >= 10 ? LSTMX_MR : left >= 7 ? 4 : left;
+    return left == mr || left >= mr + 4 ? mr : left > mr ? (left + 1) / 2 : left;
 }
 
 /* tile(K, n, ...) with n (rows, or row_'s panels) a constant in each case:
  * each count its own unrolled loop */
 #define LSTMX_TILE_CALL(tile, K, mr, ...)                                     \
     switch (mr) {                                                             \
+    case 8: tile(K, 8, __VA_ARGS__); break;                                   \
+    case 7: tile(K, 7, __VA_ARGS__); break;                                   \
     case 6: tile(K, 6, __VA_ARGS__); break;                                   \
     case 5: tile(K, 5, __VA_ARGS__); break;                                   \
     case 4: tile(K, 4, __VA_ARGS__); break;                                   \
@@ -524,7 +535,7 @@ static inline ptrdiff_t lstmx_tile_rows(ptrdiff_t left)
  * 200 x 360 by 360 x 1280 2294-2437/2147-2355 us; one row by 4 blocks of
  * 64 x 32 (small_infer's half of W_h) 305-325/251-261 ns. */
 #define LSTMX_ZERO_ACCUMULATORS(SFX)                                          \
-    for (int r = 0; r < LSTMX_MR; r++) {                                      \
+    for (int r = 0; r < (int)(sizeof lo / sizeof lo[0]); r++) {               \
         lo[r] = (vec_##SFX){0};                                               \
         hi[r] = (vec_##SFX){0};                                               \
     }
@@ -543,7 +554,7 @@ static inline LSTMX_INLINE void tile_##SFX(ptrdiff_t K, const int mr,         \
                                            ptrdiff_t ldc, ptrdiff_t nc,       \
                                            int first)                         \
 {                                                                             \
-    vec_##SFX lo[LSTMX_MR], hi[LSTMX_MR];                                     \
+    vec_##SFX lo[LSTMX_MR_MAX], hi[LSTMX_MR_MAX];                             \
     LSTMX_ZERO_ACCUMULATORS(SFX)                                              \
     for (int r = 0; r < mr && !first; r++) {                                  \
         if (nc == 2 * LANES) {                                                \
@@ -581,10 +592,10 @@ static inline LSTMX_INLINE void tile_##SFX(ptrdiff_t K, const int mr,         \
     }                                                                         \
 }                                                                             \
                                                                               \
-/* mr rows (1 to 3) across np panels at once, mr np <= LSTMX_MR (the          \
- * callers' switches build no other pair): Cq[q][r ldc + c] = sum_k           \
- * A[r lda + k] P_q[k][c] for c < nc[q], panel q at P + q NR K. A tile of     \
- * 1, 2 or 3 rows over one panel keeps 2, 4 or 6 accumulators, each FMA       \
+/* mr rows (1 to 3) across np panels at once, mr np <= LSTMX_MR (gemv asks   \
+ * no more; its switch builds np = 7, 8 too, never run): Cq[q][r ldc + c] =   \
+ * sum_k A[r lda + k] P_q[k][c] for c < nc[q], panel q at P + q NR K. A tile  \
+ * of 1, 2 or 3 rows over one panel keeps 2, 4 or 6 accumulators, each FMA   \
  * waiting on the one before; np panels keep 2 mr np in flight, as tile's     \
  * 6 rows do. The same sums in the same order as tile's. */                   \
 static inline LSTMX_INLINE void row_##SFX(ptrdiff_t K, const int np,          \
@@ -594,7 +605,7 @@ static inline LSTMX_INLINE void row_##SFX(ptrdiff_t K, const int np,          \
                                           const ptrdiff_t *nc)                \
 {                                                                             \
     const ptrdiff_t NR = 2 * LANES;                                           \
-    vec_##SFX lo[LSTMX_MR], hi[LSTMX_MR];                                     \
+    vec_##SFX lo[LSTMX_MR_MAX], hi[LSTMX_MR_MAX];                             \
     LSTMX_ZERO_ACCUMULATORS(SFX)                                              \
     /* as tile's: one row of 64 (small_infer's half of W_h, 128 x 64) 711    \
      * -> 403-512 ns, 640 x 320 15.3-15.6 -> 12.3-13.7 us */                \
@@ -702,8 +713,8 @@ static ATTR void gemv_packed_##SFX##V(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,  \
         const ptrdiff_t gi = backwards ? groups - 1 - g : g;                  \
         const ptrdiff_t q0 = panels * gi / groups;                            \
         const int np = (int)(panels * (gi + 1) / groups - q0);                \
-        T *Cq[LSTMX_MR];                                                      \
-        ptrdiff_t nc[LSTMX_MR];                                               \
+        T *Cq[LSTMX_MR_MAX];                                                  \
+        ptrdiff_t nc[LSTMX_MR_MAX];                                           \
         for (int p = 0; p < np; p++) {                                        \
             ptrdiff_t b = (q0 + p) / ppb, j0 = (q0 + p) % ppb * NR;           \
             Cq[p] = y + b * gs + j0;                                          \
@@ -728,7 +739,7 @@ static ATTR void gemv_packed_##SFX##V(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,  \
 /* C (N, M), rows ldc apart, = A (N, K), rows lda apart, times the B packed
  * in P. Column panels outside, row tiles inside: a panel (NR K values,
  * 20 KB at K = 320 in float32) stays in L1 while every row tile reads it. */
-#define LSTMX_GEMM_PACKED(T, SFX, LANES, V, ATTR)                             \
+#define LSTMX_GEMM_PACKED(T, SFX, LANES, MR, V, ATTR)                         \
 static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
                                       const T *restrict A, ptrdiff_t lda,     \
                                       const T *restrict P, T *restrict C,     \
@@ -744,12 +755,12 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
                              backwards);                                      \
         return;                                                               \
     }                                                                         \
-    ptrdiff_t Nt = N % LSTMX_MR == 1 ? N - 1 : N;                             \
+    ptrdiff_t Nt = N % (MR) == 1 ? N - 1 : N;                                 \
     for (ptrdiff_t pi = 0; pi < panels && Nt; pi++) {                         \
         const ptrdiff_t j0 = (backwards ? panels - 1 - pi : pi) * NR;         \
         const ptrdiff_t nc = M - j0 < NR ? M - j0 : NR;                       \
         for (ptrdiff_t n = 0, mr; n < Nt; n += mr) {                          \
-            mr = lstmx_tile_rows(Nt - n);                                     \
+            mr = lstmx_tile_rows(Nt - n, MR);                                 \
             LSTMX_TILE_CALL(tile_##SFX, K, mr, A + n * lda, lda, 1,           \
                             P + j0 * K, NR, C + n * ldc + j0, ldc, nc, 1)     \
         }                                                                     \
@@ -777,7 +788,7 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
  * from block to block through C: every C[m][j] is summed over k = 0, 1,
  * ..., K-1 in order, the same bits whichever rows of C a thread computes. */
 #define LSTMX_KC 512
-#define LSTMX_GEMM_TN(T, SFX, LANES, V, ATTR)                                 \
+#define LSTMX_GEMM_TN(T, SFX, LANES, MR, V, ATTR)                             \
 static ATTR void gemm_tn_##SFX##V(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,     \
                                   const T *restrict A, ptrdiff_t lda,         \
                                   const T *restrict B, ptrdiff_t ldb,         \
@@ -794,7 +805,7 @@ static ATTR void gemm_tn_##SFX##V(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,     \
             ptrdiff_t nc = Nc - j0 < NR ? Nc - j0 : NR;                       \
             pack_##SFX(nc, kc, B + k0 * ldb + j0, 1, ldb, panel);             \
             for (ptrdiff_t m = 0, mr; m < M; m += mr) {                       \
-                mr = lstmx_tile_rows(M - m);                                  \
+                mr = lstmx_tile_rows(M - m, MR);                              \
                 LSTMX_TILE_CALL(tile_##SFX, kc, mr, A + k0 * lda + m, 1, lda, \
                                 panel, NR, C + m * ldc + j0, ldc, nc,         \
                                 k0 == 0)                                      \
@@ -906,10 +917,10 @@ static ATTR void activations_##SFX##V(ptrdiff_t n, const T *restrict z,       \
     LSTMX_MATMAT_T(double, f64, V, ATTR)                                      \
     LSTMX_GEMV_PACKED(float, f32, 8, V, ATTR)                                 \
     LSTMX_GEMV_PACKED(double, f64, 4, V, ATTR)                                \
-    LSTMX_GEMM_PACKED(float, f32, 8, V, ATTR)                                 \
-    LSTMX_GEMM_PACKED(double, f64, 4, V, ATTR)                                \
-    LSTMX_GEMM_TN(float, f32, 8, V, ATTR)                                     \
-    LSTMX_GEMM_TN(double, f64, 4, V, ATTR)                                    \
+    LSTMX_GEMM_PACKED(float, f32, 8, LSTMX_MR, V, ATTR)                       \
+    LSTMX_GEMM_PACKED(double, f64, 4, LSTMX_MR, V, ATTR)                      \
+    LSTMX_GEMM_TN(float, f32, 8, LSTMX_MR, V, ATTR)                           \
+    LSTMX_GEMM_TN(double, f64, 4, LSTMX_MR, V, ATTR)                          \
     LSTMX_SOFTMAX_XENT(double, f64, V, ATTR, softmax_exps_f64)
 
 LSTMX_KERNELS(_base, )
@@ -1273,10 +1284,10 @@ LSTMX_PACK(float, f32z, 16)
 LSTMX_PACK(double, f64z, 8)
 LSTMX_GEMV_PACKED(float, f32z, 16, _512, LSTMX_512)
 LSTMX_GEMV_PACKED(double, f64z, 8, _512, LSTMX_512)
-LSTMX_GEMM_PACKED(float, f32z, 16, _512, LSTMX_512)
-LSTMX_GEMM_PACKED(double, f64z, 8, _512, LSTMX_512)
-LSTMX_GEMM_TN(float, f32z, 16, _512, LSTMX_512)
-LSTMX_GEMM_TN(double, f64z, 8, _512, LSTMX_512)
+LSTMX_GEMM_PACKED(float, f32z, 16, LSTMX_MR_512, _512, LSTMX_512)
+LSTMX_GEMM_PACKED(double, f64z, 8, LSTMX_MR_512, _512, LSTMX_512)
+LSTMX_GEMM_TN(float, f32z, 16, LSTMX_MR_512, _512, LSTMX_512)
+LSTMX_GEMM_TN(double, f64z, 8, LSTMX_MR_512, _512, LSTMX_512)
 
 /* the activations on 16 float32 and 8 float64 lanes */
 typedef int32_t vec_i32z __attribute__((vector_size(64)));
