@@ -365,12 +365,12 @@ cdef size_t _cached_bytes = 0
 
 
 cdef inline size_t _capacity(const char* p) noexcept:
-    return (<const size_t*>p)[-2]
+    return (<const size_t*>p - 2)[0]
 
 
 cdef void _release(char* p) noexcept:
     """Give p's memory back to the system."""
-    free((<void**>p)[-1])
+    free((<void**>p - 1)[0])
 
 
 cdef floating* _alloc(Py_ssize_t n, const floating* like) except NULL:
@@ -398,8 +398,8 @@ cdef floating* _alloc(Py_ssize_t n, const floating* like) except NULL:
         raise MemoryError(f"could not allocate {need} bytes for a packed weight")
     p = raw + 2 * sizeof(size_t)
     p += (PACK_ALIGN - <size_t>p % PACK_ALIGN) % PACK_ALIGN
-    (<void**>p)[-1] = raw
-    (<size_t*>p)[-2] = need
+    (<void**>p - 1)[0] = raw
+    (<size_t*>p - 2)[0] = need
     return <floating*>p
 
 
