@@ -694,11 +694,13 @@ class LSTM:
                                           nparts, barrier, n0, n1, project_whole=chosen,
                                           pipe=pipe, defer=True)
 
-            if split == "units" and N > 1:
+            if split == "batch" or (split == "units" and N > 1):
                 # one direction of many sequences: each thread projects
-                # half of the rows (a part's columns of each gate, as one
-                # GEMM a gate block, copy all of X for BLAS four times),
-                # then the units are halved between the two threads
+                # half of the steps, then runs half of the sequences
+                # ("batch") or, meeting the other at every step, half of
+                # the units ("units"; projected by rows: a part's columns
+                # of each gate, one GEMM a gate block, copied all of X
+                # for BLAS four times)
                 w_x, projected = self._packed[layer][0], record[0][0]
                 if T > 1:
                     _pair(_lstm.lstm_project(inp[:T // 2], w_x, projected[:T // 2], defer=True),
@@ -706,26 +708,18 @@ class LSTM:
                           threads)
                 else:
                     _lstm.lstm_project(inp, w_x, projected)
-                barrier = np.zeros(2, np.intc)
-                _pair(job(0, 0, 0, 2, barrier, projected=True),
-                      job(0, 1, 1, 2, barrier, projected=True), threads)
+                if split == "batch":
+                    _pair(job(0, 0, n0=0, n1=N // 2), job(0, 1, n0=N // 2, n1=N), threads)
+                else:
+                    barrier = np.zeros(2, np.intc)
+                    _pair(job(0, 0, 0, 2, barrier, projected=True),
+                          job(0, 1, 1, 2, barrier, projected=True), threads)
             elif split == "units":
                 # each direction in turn, its units halved between two
                 # threads that meet at every step (see _split_recurrence)
                 for d in range(D):
                     barrier = np.zeros(2, np.intc)
                     _pair(job(d, 0, 0, 2, barrier), job(d, 1, 1, 2, barrier), threads)
-            elif split == "batch":
-                # one direction: each thread projects half of the steps,
-                # then runs half of the sequences
-                w_x, projected = self._packed[layer][0], record[0][0]
-                if T > 1:
-                    _pair(_lstm.lstm_project(inp[:T // 2], w_x, projected[:T // 2], defer=True),
-                          _lstm.lstm_project(inp[T // 2:], w_x, projected[T // 2:], defer=True),
-                          threads)
-                else:
-                    _lstm.lstm_project(inp, w_x, projected)
-                _pair(job(0, 0, n0=0, n1=N // 2), job(0, 1, n0=N // 2, n1=N), threads)
             elif D == 2:
                 # the directions at once, on two threads (see _threads)
                 _pair(job(0, 0), job(1, 1), threads)
