@@ -403,7 +403,9 @@ class LSTM:
     ones (predict's and backward's, and a training cache's once the cache
     is freed): no page faults on each call, at the price of that memory
     staying allocated while the network lives (about one training step's
-    worth). Runs use two threads where that pays (see ``lstmx bench``).
+    worth); the blocks that calls pack weights into are likewise kept for
+    the next call, process-wide, 64 MB at most. Runs use two threads where
+    that pays (see ``lstmx bench``).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
