@@ -494,8 +494,9 @@ LSTMX_DOTS(double, f64, 4)
 /* The AVX-512 build's tiles: 8 rows, 16 accumulators of its 32 registers
  * (the AVX2 build has 16 registers: 12 accumulators, 2 of B and 1 of A).
  * One core, the other running the same, GFLOP/s of gemm_packed, 6 / 8
- * rows: N=64 M=256 K=512 (big_infer's gate block of a half) 181/187, N=32
- * M=1280 K=320 (seed_train's step) 170/185. */
+ * rows: N=64 M=256 K=512 (big_infer's gate block of a half) 192/200, N=32
+ * M=1280 K=320 (seed_train's step) 184/195, N=7 134/179; gemm_tn at
+ * small_train's weight gradients (M=128 Nc=64 K=1600) 159/178. */
 #define LSTMX_MR_512 8
 #define LSTMX_MR_MAX 8
 _Static_assert(LSTMX_MR_MAX == 8, "LSTMX_TILE_CALL's cases assume 8");

@@ -70,9 +70,9 @@ SPLIT_L2_OVER = 1.5
 # 13.5/23.0; H=512 N=64 T=100 (big_infer) 198/337.
 SPLIT_MIN_BATCH = 2
 # ... unless W_h is larger than a core's L2 or than this (this alone where
-# Linux does not tell the L2's size): then the two threads share each step by units,
-# each reading half of W_h, rather than each reading all of it from L3,
-# after projecting half of the rows each. Measured with a 2 MB L2,
+# Linux does not tell the L2's size): then the two threads share each step
+# by units, each reading half of W_h, rather than each reading all of it
+# from L3, after projecting half of the rows each. Measured with a 2 MB L2,
 # predict, float32, best ms of alternating blocks (halves / units):
 # H=128 N=64 T=100 7.2/8.6, H=192 N=16 T=200 5.7/6.6, H=256 N=32 T=100
 # (W_h 1 MB) 12.3/13.7; H=320 (1.6 MB) N=8 T=200 10.8/10.8, N=32 T=100
