@@ -195,23 +195,30 @@ def test_packed_blocks_are_reused_within_bounds(rng):
     reused and some evicted, stay exact, and the cache never holds more
     blocks or bytes than its limits."""
     from lstmx import _lstm
-    for M, K in [(40, 17), (40, 17), (300, 5), (8, 8), (40, 17)] + [(16 * i, 33) for i in range(1, 12)] \
-            + [(2048, 2048), (8, 8)]:
+
+    def product(M, K):
         a = rng.standard_normal((3, K))
         w = rng.standard_normal((M, K))
         c = np.empty((3, M))
         _lstm._gemm_packed_test(a, w, True, c)
         np.testing.assert_allclose(c, a @ w.T, rtol=1e-12, atol=1e-12)
-        blocks, held, slots, limit = _lstm._packed_cache()
+        blocks, held, slots, limit, hits = _lstm._packed_cache()
         assert 1 <= blocks <= slots and held <= limit
+        return hits
+
+    hits = product(40, 17)
+    assert product(40, 17) == hits + 1     # the same size again: the freed block
+    for M, K in [(16 * i, 33) for i in range(1, 12)] + [(2048, 2048), (8, 8)]:
+        product(M, K)               # more sizes than slots, one of 32 MB
     # a network's second call runs in the blocks of its first
     net = Arch(4, 64, num_layers=2, bidirectional=True, output_size=3).make(
         dtype=np.float32, seed=12)
     x = random_x(rng, 10, 2, 4).astype(np.float32)
     y = net.predict(x)
-    before = _lstm._packed_cache()[:2]
+    before = _lstm._packed_cache()
     np.testing.assert_array_equal(net.predict(x), y)
-    assert _lstm._packed_cache()[:2] == before
+    after = _lstm._packed_cache()
+    assert after[:2] == before[:2] and after[4] >= before[4] + 4   # 2 layers x 2 directions
 
 
 def test_networks_copy_and_pickle_with_a_fresh_pool(rng):

@@ -1467,20 +1467,25 @@ void lstmx_activations_f64(ptrdiff_t n, const double *z, double *e, double *s,
 #include <sched.h>
 #include <time.h>
 
-/* Spin until *p == v (acquire), yielding now and then, so that a thread
- * descheduled on a busy machine is not starved by its partner. */
+/* The spin of a waiting thread, at its spins-th round: every 4096 rounds
+ * it yields, so that a partner descheduled on a busy machine is not
+ * starved. */
+static inline void spin_yield(unsigned spins)
+{
+    if (spins % 4096 == 0)
+        sched_yield();
+}
+
+/* Spin until *p == v (acquire). */
 static void spin_until(const int *p, int v)
 {
-    for (unsigned spins = 1; __atomic_load_n(p, __ATOMIC_ACQUIRE) != v; spins++) {
-        if (spins % 4096 == 0)
-            sched_yield();
-    }
+    for (unsigned spins = 1; __atomic_load_n(p, __ATOMIC_ACQUIRE) != v; spins++)
+        spin_yield(spins);
 }
 
 /* Sense-reversing barrier over b[0] (arrivals) and b[1] (sense), both 0 at
  * first; *sense is the caller's own, 0 at first. Waiters spin (the wait is
- * a step of a few microseconds) and yield now and then, so that a thread
- * descheduled on a busy machine is not starved by its partner. */
+ * a step of a few microseconds; see spin_yield). */
 void lstmx_barrier_wait(int *b, int nthreads, int *sense)
 {
     int s = !*sense;
@@ -1501,10 +1506,8 @@ void lstmx_count_publish(int *count, int v)
 int lstmx_count_wait(const int *count, int v)
 {
     int got;
-    for (unsigned spins = 1; (got = __atomic_load_n(count, __ATOMIC_ACQUIRE)) < v; spins++) {
-        if (spins % 4096 == 0)
-            sched_yield();
-    }
+    for (unsigned spins = 1; (got = __atomic_load_n(count, __ATOMIC_ACQUIRE)) < v; spins++)
+        spin_yield(spins);
     return got;
 }
 

@@ -362,6 +362,7 @@ cdef char* _cached[CACHE_SLOTS]          # aligned pointers, or NULL
 cdef size_t _cached_since[CACHE_SLOTS]   # when freed (a counter)
 cdef size_t _cache_clock = 0
 cdef size_t _cached_bytes = 0
+cdef size_t _cache_hits = 0             # blocks _alloc took from the cache
 
 
 cdef inline size_t _capacity(const char* p) noexcept:
@@ -377,7 +378,7 @@ cdef floating* _alloc(Py_ssize_t n, const floating* like) except NULL:
     """n elements for a packed weight, on a cache line (like: the dtype);
     the caller frees it with _free. Called with the GIL held (it guards
     the cache of freed blocks)."""
-    global _cached_bytes
+    global _cached_bytes, _cache_hits
     cdef size_t need = max(n, 1) * sizeof(floating), cap
     cdef int i, best = -1
     # the smallest cached block that holds n without wasting half of it
@@ -391,6 +392,7 @@ cdef floating* _alloc(Py_ssize_t n, const floating* like) except NULL:
         p = _cached[best]
         _cached[best] = NULL
         _cached_bytes -= _capacity(p)
+        _cache_hits += 1
         return <floating*>p
     # room before the aligned start for the raw pointer and the capacity
     cdef char* raw = <char*>malloc(need + PACK_ALIGN + 2 * sizeof(size_t))
@@ -411,26 +413,23 @@ cdef void _free(void* ptr) noexcept:
     if p == NULL:
         return
     cdef size_t cap = _capacity(p)
-    cdef int i, slot
+    cdef int i, slot, oldest
     if cap > CACHE_MAX_BYTES:
         _release(p)
         return
     # make room: the least recently freed blocks go first
     while True:
-        slot = -1
+        slot = oldest = -1
         for i in range(CACHE_SLOTS):
             if _cached[i] == NULL:
                 slot = i
-                break
+            elif oldest < 0 or _cached_since[i] < _cached_since[oldest]:
+                oldest = i
         if slot >= 0 and _cached_bytes + cap <= CACHE_MAX_BYTES:
             break
-        slot = -1
-        for i in range(CACHE_SLOTS):
-            if _cached[i] != NULL and (slot < 0 or _cached_since[i] < _cached_since[slot]):
-                slot = i
-        _cached_bytes -= _capacity(_cached[slot])
-        _release(_cached[slot])
-        _cached[slot] = NULL
+        _cached_bytes -= _capacity(_cached[oldest])
+        _release(_cached[oldest])
+        _cached[oldest] = NULL
     _cache_clock += 1
     _cached[slot] = p
     _cached_since[slot] = _cache_clock
@@ -438,12 +437,13 @@ cdef void _free(void* ptr) noexcept:
 
 
 def _packed_cache():
-    """Test hook: (blocks, bytes) in the cache of freed packed blocks, and
-    its limits (CACHE_SLOTS, CACHE_MAX_BYTES)."""
+    """Test hook: (blocks, bytes) in the cache of freed packed blocks, its
+    limits (CACHE_SLOTS, CACHE_MAX_BYTES), and how many blocks _alloc has
+    taken from it so far."""
     cdef int i, blocks = 0
     for i in range(CACHE_SLOTS):
         blocks += _cached[i] != NULL
-    return blocks, _cached_bytes, CACHE_SLOTS, CACHE_MAX_BYTES
+    return blocks, _cached_bytes, CACHE_SLOTS, CACHE_MAX_BYTES, _cache_hits
 
 
 def _gemm_packed_test(const floating[:, ::1] a, const floating[:, ::1] w, bint transposed,
@@ -1137,6 +1137,7 @@ cdef void _run_typed(_Args* a, floating* like) noexcept nogil:
                  <floating*>a.h_prev_all, <floating*>a.rec, <floating*>a.owned,
                  a.barrier, a.part, a.nparts, a.n0, a.n1, <floating*>a.owned_x, a.pipe)
     elif a.kind == _PIPE:
+        # (O in R, w_fc in w_h, b_fc in bias, y in dx)
         _pipe(a.T, a.I, a.H, a.R, <const floating*>a.x, <const floating*>a.w_x,
               <floating*>a.owned_x, <floating*>a.gates, a.pipe, <const floating*>a.out,
               <const floating*>a.w_h, <const floating*>a.bias, <floating*>a.dx)

@@ -570,9 +570,9 @@ class LSTM:
                 return w_h_bytes > SPLIT_L2_OVER * l2 and w_h_bytes / 2 <= l2
         if N == 1:
             return w_h_bytes > SPLIT_MIN_BYTES
-        l2 = l2_cache_bytes()
+        l2 = l2_cache_bytes() or SPLIT_BATCH_MAX_BYTES
         return (self.num_directions == 1 and N >= SPLIT_MIN_BATCH
-                and w_h_bytes > min(SPLIT_BATCH_MAX_BYTES, l2 or SPLIT_BATCH_MAX_BYTES))
+                and w_h_bytes > min(SPLIT_BATCH_MAX_BYTES, l2))
 
     def _split_head(self, R, threads=None):
         """Whether the head's products over R rows (forward: y = h W^T + b;
@@ -684,13 +684,12 @@ class LSTM:
             def job(d, thread, part=0, nparts=1, barrier=None, n0=0, n1=-1, pipe=None,
                     projected=False, layer=layer, inp=inp, out=out, record=record):
                 # direction d on thread `thread`: all of it, its units' part
-                # `part` of `nparts`, or its sequences n0..n1-1; with pipe,
-                # projected by an lstm_pipe job at the same time; with
-                # projected, the gates hold the projection already
+                # `part` of `nparts`, or its sequences n0..n1-1; projected:
+                # the gates hold the projection already, or (with pipe) an
+                # lstm_pipe job computes it at the same time
                 k = layer * D + d
                 w_x, w_h, bias, peep = self._kernel_params(k)
-                elsewhere = projected or n1 != -1 or pipe is not None
-                x_in = empty if elsewhere else inp
+                x_in = empty if projected else inp
                 return _lstm.lstm_forward(x_in, w_x, w_h, bias, peep, lengths, d == 1, h_buf[d],
                                           c[k], out, d * H, *record[d], rec[thread], part,
                                           nparts, barrier, n0, n1, project_whole=chosen,
@@ -711,7 +710,8 @@ class LSTM:
                 else:
                     _lstm.lstm_project(inp, w_x, projected)
                 if split == "batch":
-                    _pair(job(0, 0, n0=0, n1=N // 2), job(0, 1, n0=N // 2, n1=N), threads)
+                    _pair(job(0, 0, n0=0, n1=N // 2, projected=True),
+                          job(0, 1, n0=N // 2, n1=N, projected=True), threads)
                 else:
                     barrier = np.zeros(2, np.intc)
                     _pair(job(0, 0, 0, 2, barrier, projected=True),
@@ -731,7 +731,7 @@ class LSTM:
                 if layer == L - 1 and self.output_size is not None:
                     y = np.empty((T, N, self.output_size), dt)
                     head = (*self._fc, y)
-                _pair(job(0, 0, pipe=pipe),
+                _pair(job(0, 0, pipe=pipe, projected=True),
                       _lstm.lstm_pipe(inp, self._packed[layer][0], record[0][0], pipe, out,
                                       *head, defer=True), threads)
             else:
