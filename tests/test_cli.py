@@ -70,6 +70,7 @@ def test_info(capsys):
     assert scipy.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"] in out
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "cpus"):
         assert name in out
+    assert "float64 kept (lstmx.set_flush_denormals)" in out
 
 
 def test_info_json_reports_thread_settings(capsys, monkeypatch):
@@ -86,6 +87,8 @@ def test_info_json_reports_thread_settings(capsys, monkeypatch):
     assert report["threads"]["OPENBLAS_NUM_THREADS"] is None
     assert report["threads"]["cpu_count"] == __import__("os").cpu_count()
     assert report["threads"]["l2_cache_bytes"] == lstmx._threads.l2_cache_bytes()
+    flushing = lstmx._lstm.can_flush()
+    assert report["flush_denormals"] == {"float32": flushing, "float64": False}
     try:
         import threadpoolctl  # noqa: F401
     except ImportError:

@@ -16,6 +16,8 @@ from . import losses, optim
 from .persist import load
 from .training import fit
 from ._threads import get_num_threads, set_num_threads
+from ._denormals import get_flush_denormals, set_flush_denormals
 
 __all__ = ["LSTM", "Cache", "Gradients", "io", "losses", "optim", "load", "fit",
-           "get_num_threads", "set_num_threads", "__version__"]
+           "get_num_threads", "set_num_threads", "get_flush_denormals", "set_flush_denormals",
+           "__version__"]

@@ -40,6 +40,9 @@ cdef extern from "_cell.h" nogil:
                                 const double* peep, double* h, double* c,
                                 double* h_out, double* c_out, int wide)
     int LSTMX_HAVE_BARRIER
+    int LSTMX_CAN_FLUSH
+    unsigned lstmx_flush_begin(int on)
+    void lstmx_flush_end(unsigned saved, int on)
     void lstmx_barrier_wait(int* b, int nthreads, int* sense)
     void lstmx_count_publish(int* count, int v)
     int lstmx_count_wait(const int* count, int v)
@@ -490,6 +493,7 @@ cdef struct _Args:
     # the arguments of one kernel call; pointers to float or double (dbl)
     int kind
     bint dbl
+    bint flush            # subnormals flushed to zero while it runs
     bint reverse
     bint flag
     Py_ssize_t T, N, I, H, R, G, u0, u1, n0, n1, ld
@@ -568,8 +572,26 @@ cdef Job _new_job(int kind, bint dbl, tuple keep, int part=0, int nparts=1):
     cdef Job job = Job()
     job.keep = keep
     job.args.kind, job.args.dbl = kind, dbl
+    job.args.flush = _flush_f64 if dbl else _flush_f32
     job.args.part, job.args.nparts = part, nparts
     return job
+
+
+# Whether jobs of each dtype flush subnormal numbers to zero while they run
+# (lstmx/_denormals.py sets these; _run_job applies them).
+cdef bint _flush_f32 = True
+cdef bint _flush_f64 = False
+
+
+def _set_flush(bint float32, bint float64):
+    """Flush subnormals to zero in the jobs made from now on, per dtype."""
+    global _flush_f32, _flush_f64
+    _flush_f32, _flush_f64 = float32, float64
+
+
+def can_flush():
+    """Whether this build can flush subnormals to zero (x86-64: MXCSR)."""
+    return bool(LSTMX_CAN_FLUSH)
 
 
 cdef void _project(Py_ssize_t R, Py_ssize_t I, Py_ssize_t H, Py_ssize_t u0,
@@ -1173,10 +1195,12 @@ cdef void _run_typed(_Args* a, floating* like) noexcept nogil:
 
 cdef void _run_job(void* args) noexcept nogil:
     cdef _Args* a = <_Args*>args
+    cdef unsigned saved = lstmx_flush_begin(a.flush)
     if a.dbl:
         _run_typed(a, <double*>NULL)
     else:
         _run_typed(a, <float*>NULL)
+    lstmx_flush_end(saved, a.flush)
 
 
 cdef lstmx_worker* _worker = NULL

@@ -42,6 +42,7 @@ import numpy as np
 
 from . import __version__, _lstm
 from ._threads import get_num_threads, l2_cache_bytes
+from ._denormals import get_flush_denormals
 
 __all__ = ["main", "command", "argument"]
 
@@ -173,6 +174,10 @@ def _info_report():
         "scipy": scipy.__version__,
         "dtypes": [dt.name for dt in FLOAT_DTYPES],
         "kernels": _lstm.kernel_target(),
+        # per dtype: subnormals flushed to zero in the kernels (effective
+        # only where the CPU can: x86-64)
+        "flush_denormals": {dt: on and _lstm.can_flush()
+                            for dt, on in get_flush_denormals().items()},
         "blas": _scipy_blas(),
         "threads": {
             "lstmx_threads": get_num_threads(),
@@ -192,6 +197,9 @@ def _print_info(report):
             ("lstmx", "location", "python", "platform", "numpy", "scipy")]
     rows.append(("dtypes", ", ".join(report["dtypes"])))
     rows.append(("kernels", f"{report['kernels']} (lstmx's own, chosen for this CPU)"))
+    rows.append(("subnormals", ", ".join(f"{dt} {'flushed to zero' if on else 'kept'}"
+                                         for dt, on in report["flush_denormals"].items())
+                 + " (lstmx.set_flush_denormals)"))
     text = " ".join(str(blas[k]) for k in ("name", "version") if k in blas)
     if "has ilp64" in blas:
         text += ", ILP64" if blas["has ilp64"] else ", LP64"
