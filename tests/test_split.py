@@ -617,6 +617,32 @@ def test_weight_gradient_rows_sum_alike_in_any_slice(dtype, rng):
         np.testing.assert_array_equal(part, full[m0:m1], err_msg=f"rows {m0}:{m1}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_packed_weight_gradient_gemm_gives_gemm_tns_bits(dtype, rng):
+    """gemm_tn_packed (both operands packed a block at a time: the weight
+    gradients of many units) against NumPy and against gemm_tn's bits, on
+    the remainders of its blocks of 256 columns of A and 640 rows of K, of
+    its tiles and panels, on operands whose rows are further apart than
+    their width; and any slice of the rows of C gives the same bits."""
+    tol = 5e-5 if dtype == np.float32 else 1e-12
+    for M, Nc, K in [(1, 65, 3), (7, 100, 0), (255, 65, 641), (257, 97, 1281), (300, 70, 640),
+                     (520, 33, 700), (1280, 130, 1300)]:
+        a = rng.standard_normal((K, M + 3)).astype(dtype)[:, 2:2 + M]
+        b = rng.standard_normal((K, Nc + 5)).astype(dtype)[:, :Nc]
+        c = np.full((M + 1, Nc), np.nan, dtype)[:M]
+        lstmx._lstm._gemm_tn_test(a, b, c, packed=True)
+        expected = a.astype(np.float64).T @ b.astype(np.float64)
+        np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * max(1, np.sqrt(K)),
+                                   err_msg=f"M={M} Nc={Nc} K={K}")
+        plain = np.empty((M, Nc), dtype)
+        lstmx._lstm._gemm_tn_test(a, b, plain)
+        np.testing.assert_array_equal(c, plain, err_msg=f"M={M} Nc={Nc} K={K}")
+        m0, m1 = M // 3, M - M // 4
+        part = np.empty((m1 - m0, Nc), dtype)
+        lstmx._lstm._gemm_tn_test(a[:, m0:m1], b, part, packed=True)
+        np.testing.assert_array_equal(part, c[m0:m1], err_msg=f"M={M} rows {m0}:{m1}")
+
+
 def test_weight_gradient_gemm_refuses_bad_shapes():
     a = np.zeros((5, 3), np.float32)
     with pytest.raises(ValueError, match="a \\(K, M\\)"):

@@ -499,6 +499,8 @@ LSTMX_DOTS(double, f64, 4)
  * small_train's weight gradients (M=128 Nc=64 K=1600) 159/178. */
 #define LSTMX_MR_512 8
 #define LSTMX_MR_MAX 8
+/* the widest panel: float32's in the AVX-512 build */
+#define LSTMX_NR_MAX 32
 _Static_assert(LSTMX_MR_MAX == 8, "LSTMX_TILE_CALL's cases assume 8");
 
 /* Rows of the next register tile when `left` rows remain, of tiles of at
@@ -815,6 +817,66 @@ static ATTR void gemm_tn_##SFX##V(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,     \
     }                                                                         \
 }
 
+/* The same product for a wide A (many units: dW = dA^T X over seed_train's
+ * rows, M = 4H = 1280 a direction, K = T N = 3200), with both operands
+ * packed a block at a time. gemm_tn's A read where it is misses L1 there:
+ * rows of dA 5 KB apart (H = 320) fall into 4 of its 64 sets, and a block
+ * of KC rows of all 1280 columns outgrows L2 as well. Here, for each KC
+ * rows of k, B's columns are packed into panels of NR (pack_, from L2
+ * after), then for each MC columns of A, A's block into tiles of MR
+ * columns, Ap[t][k][r] = A[k][m0 + t MR + r], read by the register tile
+ * from L1; C carries each sum from block to block, so every C[m][j] is
+ * still summed over k = 0, 1, ..., K-1 in order: gemm_tn's bits, and the
+ * same whichever rows of C a thread computes. work: lstmx_gemm_tn_work(Nc)
+ * elements. float32, one core, the other running the same, GFLOP/s (M =
+ * 1280, K = 3200): Nc = 640 gemm_tn 93, blocks of A in place 140, packed
+ * 165; Nc = 320 99/142/165; scipy's sgemm 140-152 (see _lstm.pyx's
+ * TN_PACKED_MIN_ROWS for the run in turn). KC = 640 against 256-1024, MC
+ * = 256 against 64-512: within 2% of the best of those tried, at Nc =
+ * 320-960. float64 gains nothing on dgemm (72-75 against 72-79). */
+#define LSTMX_TN_KC 640
+#define LSTMX_TN_MC 256
+#define LSTMX_GEMM_TN_PACKED(T, SFX, LANES, MR, V, ATTR)                      \
+static ATTR void gemm_tn_packed_##SFX##V(ptrdiff_t M, ptrdiff_t Nc,           \
+                                         ptrdiff_t K, const T *restrict A,    \
+                                         ptrdiff_t lda, const T *restrict B,  \
+                                         ptrdiff_t ldb, T *restrict C,        \
+                                         ptrdiff_t ldc, T *restrict work)     \
+{                                                                             \
+    const ptrdiff_t NR = 2 * LANES;                                           \
+    T *Bp = work, *Ap = work + (Nc + LSTMX_NR_MAX) * LSTMX_TN_KC;             \
+    if (K == 0)                                                               \
+        for (ptrdiff_t m = 0; m < M; m++)                                     \
+            memset(C + m * ldc, 0, Nc * sizeof(T));                           \
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += LSTMX_TN_KC) {                       \
+        const ptrdiff_t kc = K - k0 < LSTMX_TN_KC ? K - k0 : LSTMX_TN_KC;     \
+        for (ptrdiff_t j0 = 0; j0 < Nc; j0 += NR)                             \
+            pack_##SFX(Nc - j0 < NR ? Nc - j0 : NR, kc, B + k0 * ldb + j0, 1, \
+                       ldb, Bp + j0 * kc);                                    \
+        for (ptrdiff_t m0 = 0; m0 < M; m0 += LSTMX_TN_MC) {                   \
+            const ptrdiff_t mc = M - m0 < LSTMX_TN_MC ? M - m0 : LSTMX_TN_MC; \
+            for (ptrdiff_t t = 0; t * (MR) < mc; t++) {                       \
+                const ptrdiff_t rows = mc - t * (MR) < (MR) ? mc - t * (MR)   \
+                                                            : (MR);           \
+                T *dst = Ap + t * (MR) * kc;                                  \
+                const T *src = A + k0 * lda + m0 + t * (MR);                  \
+                for (ptrdiff_t k = 0; k < kc; k++)                            \
+                    for (ptrdiff_t r = 0; r < (MR); r++)                      \
+                        dst[k * (MR) + r] = r < rows ? src[k * lda + r] : 0;  \
+            }                                                                 \
+            for (ptrdiff_t j0 = 0; j0 < Nc; j0 += NR) {                       \
+                const ptrdiff_t nc = Nc - j0 < NR ? Nc - j0 : NR;             \
+                for (ptrdiff_t m = 0, mr; m < mc; m += mr) {                  \
+                    mr = mc - m < (MR) ? mc - m : (MR);                       \
+                    LSTMX_TILE_CALL(tile_##SFX, kc, mr, Ap + m * kc, 1, (MR), \
+                                    Bp + j0 * kc, NR, C + (m0 + m) * ldc + j0, \
+                                    ldc, nc, k0 == 0)                         \
+                }                                                             \
+            }                                                                 \
+        }                                                                     \
+    }                                                                         \
+}
+
 LSTMX_GEMM_TILE(float, f32, 8)
 LSTMX_GEMM_TILE(double, f64, 4)
 LSTMX_PACK(float, f32, 8)
@@ -922,6 +984,8 @@ static ATTR void activations_##SFX##V(ptrdiff_t n, const T *restrict z,       \
     LSTMX_GEMM_PACKED(double, f64, 4, LSTMX_MR, V, ATTR)                      \
     LSTMX_GEMM_TN(float, f32, 8, LSTMX_MR, V, ATTR)                           \
     LSTMX_GEMM_TN(double, f64, 4, LSTMX_MR, V, ATTR)                          \
+    LSTMX_GEMM_TN_PACKED(float, f32, 8, LSTMX_MR, V, ATTR)                    \
+    LSTMX_GEMM_TN_PACKED(double, f64, 4, LSTMX_MR, V, ATTR)                   \
     LSTMX_SOFTMAX_XENT(double, f64, V, ATTR, softmax_exps_f64)
 
 LSTMX_KERNELS(_base, )
@@ -1289,6 +1353,8 @@ LSTMX_GEMM_PACKED(float, f32z, 16, LSTMX_MR_512, _512, LSTMX_512)
 LSTMX_GEMM_PACKED(double, f64z, 8, LSTMX_MR_512, _512, LSTMX_512)
 LSTMX_GEMM_TN(float, f32z, 16, LSTMX_MR_512, _512, LSTMX_512)
 LSTMX_GEMM_TN(double, f64z, 8, LSTMX_MR_512, _512, LSTMX_512)
+LSTMX_GEMM_TN_PACKED(float, f32z, 16, LSTMX_MR_512, _512, LSTMX_512)
+LSTMX_GEMM_TN_PACKED(double, f64z, 8, LSTMX_MR_512, _512, LSTMX_512)
 
 /* the activations on 16 float32 and 8 float64 lanes */
 typedef int32_t vec_i32z __attribute__((vector_size(64)));
@@ -1339,6 +1405,11 @@ __attribute__((constructor)) static void lstmx_detect_cpu(void)
 #define LSTMX_PICK_PACKING(name, wide) name
 static const int use_fma = 0, use_512 = 0;
 #endif
+
+ptrdiff_t lstmx_gemm_tn_work(ptrdiff_t Nc)
+{
+    return ((Nc + LSTMX_NR_MAX) + (LSTMX_TN_MC + LSTMX_MR_MAX)) * LSTMX_TN_KC;
+}
 
 int lstmx_uses_fma(void)
 {
@@ -1416,6 +1487,19 @@ void lstmx_gemm_tn_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,            \
     else                                                                      \
         LSTMX_PICK_WIDE(gemm_tn_##SFX, gemm_tn_##SFX##z)(                     \
             M, Nc, K, A, lda, B, ldb, C, ldc);                                \
+}                                                                             \
+                                                                              \
+void lstmx_gemm_tn_packed_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,       \
+                                const T *A, ptrdiff_t lda, const T *B,        \
+                                ptrdiff_t ldb, T *C, ptrdiff_t ldc, T *work)  \
+{                                                                             \
+    /* the narrow panels where gemm_tn takes them */                          \
+    if (Nc <= 64 / (ptrdiff_t)sizeof(T))                                      \
+        LSTMX_PICK(gemm_tn_packed_##SFX)(M, Nc, K, A, lda, B, ldb, C, ldc,    \
+                                         work);                               \
+    else                                                                      \
+        LSTMX_PICK_WIDE(gemm_tn_packed_##SFX, gemm_tn_packed_##SFX##z)(       \
+            M, Nc, K, A, lda, B, ldb, C, ldc, work);                          \
 }                                                                             \
                                                                               \
 void lstmx_gemv_packed_##SFX(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,           \

@@ -51,11 +51,19 @@ LSTMX_DECLARE_MATMAT(double, f64)
     void lstmx_gemm_tn_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,          \
                              const T *A, ptrdiff_t lda, const T *B,           \
                              ptrdiff_t ldb, T *C, ptrdiff_t ldc);             \
+    /* the same with A and B packed a block at a time into work            \
+     * (lstmx_gemm_tn_work(Nc) elements): for a wide A, as a layer's dW */   \
+    void lstmx_gemm_tn_packed_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,   \
+                                    const T *A, ptrdiff_t lda, const T *B,    \
+                                    ptrdiff_t ldb, T *C, ptrdiff_t ldc,       \
+                                    T *work);                                 \
     /* one sequence, B blocks of M columns: y[b gs + m] = (x B_b)[m] */       \
     void lstmx_gemv_packed_##SFX(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,       \
                                  const T *x, const T *P, T *y, ptrdiff_t gs,  \
                                  int backwards);
 
+/* elements of the work of lstmx_gemm_tn_packed for Nc columns, any dtype */
+ptrdiff_t lstmx_gemm_tn_work(ptrdiff_t Nc);
 /* 1 when the kernels run their AVX2+FMA build (chosen at load), else 0 */
 int lstmx_uses_fma(void);
 /* 1 when the packed GEMMs and the cell forward run their AVX-512 build */

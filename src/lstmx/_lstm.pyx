@@ -94,6 +94,14 @@ cdef extern from "_cell.h" nogil:
     void lstmx_gemm_tn_f64(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
                            const double* A, Py_ssize_t lda, const double* B,
                            Py_ssize_t ldb, double* C, Py_ssize_t ldc)
+    void lstmx_gemm_tn_packed_f32(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
+                                  const float* A, Py_ssize_t lda, const float* B,
+                                  Py_ssize_t ldb, float* C, Py_ssize_t ldc, float* work)
+    void lstmx_gemm_tn_packed_f64(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
+                                  const double* A, Py_ssize_t lda, const double* B,
+                                  Py_ssize_t ldb, double* C, Py_ssize_t ldc,
+                                  double* work)
+    Py_ssize_t lstmx_gemm_tn_work(Py_ssize_t Nc)
     double lstmx_softmax_xent_f32(Py_ssize_t R, Py_ssize_t C, const float* z,
                                   const Py_ssize_t* classes,
                                   const unsigned char* valid, float scale,
@@ -314,12 +322,20 @@ cdef inline void _gemv_packed(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
 
 # A weight gradient C (M, Nc) = A^T B over many rows K (dW = dA^T X, the
 # head's dW_fc = dY^T H) runs on _cell.c's gemm_tn, which reads A and B where
-# they are, when B has at most this many columns; BLAS, which first copies
-# both, runs wider ones. One thread, float32, K = 1600 (small_train's rows),
-# gemm_tn / sgemm in alternating blocks: (M, Nc) = (128, 64) 0.91, (128, 16)
-# 0.51; K = 3200: (640, 64) 0.99, (160, 160) 1.05, (640, 320) 1.27.
+# they are, when B has at most TN_MAX_COLS columns. One thread, float32, K =
+# 1600 (small_train's rows), gemm_tn / sgemm in alternating blocks: (M, Nc)
+# = (128, 64) 0.91, (128, 16) 0.51; K = 3200: (640, 64) 0.99, (160, 160)
+# 1.05, (640, 320) 1.27. Wider ones run on gemm_tn_packed, which packs both
+# operands a block at a time, when A has at least TN_PACKED_MIN_ROWS
+# columns (rows of C) and the caller has its work (float32: see _tn_packs);
+# else on BLAS, which copies both too. float32, seed_train's second layer
+# (K = 3200 rows, M = 1280, I = 640), dW_x and dW_h of a direction through
+# lstm_backward_weights, each core running one, builds installed side by
+# side and run in turn: 51-52 ms against sgemm's 56-57 (first layer, I =
+# 360: 38-39 against 42-43). The head's dW_fc (M = O) stays with BLAS.
 cdef enum:
     TN_MAX_COLS = 64
+    TN_PACKED_MIN_ROWS = 256
 
 
 cdef inline void _gemm_tn(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
@@ -333,14 +349,37 @@ cdef inline void _gemm_tn(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
         lstmx_gemm_tn_f64(M, Nc, K, A, lda, B, ldb, C, ldc)
 
 
+cdef inline void _gemm_tn_packed(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
+                                 const floating* A, Py_ssize_t lda,
+                                 const floating* B, Py_ssize_t ldb,
+                                 floating* C, Py_ssize_t ldc,
+                                 floating* work) noexcept nogil:
+    """As _gemm_tn, A and B packed a block at a time into work (room for
+    lstmx_gemm_tn_work(Nc) elements); the same bits."""
+    if floating is float:
+        lstmx_gemm_tn_packed_f32(M, Nc, K, A, lda, B, ldb, C, ldc, work)
+    else:
+        lstmx_gemm_tn_packed_f64(M, Nc, K, A, lda, B, ldb, C, ldc, work)
+
+
+cdef inline bint _tn_packs(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t itemsize) noexcept nogil:
+    """Whether _weight_grad runs C (M, Nc) on gemm_tn_packed (given work):
+    float32 only (float64, one thread, K = 3200: 72-75 GFLOP/s packed
+    against dgemm's 72-79)."""
+    return itemsize == 4 and Nc > TN_MAX_COLS and M >= TN_PACKED_MIN_ROWS
+
+
 cdef inline void _weight_grad(int M, int Nc, int K, const floating* A, int lda,
                               const floating* B, int ldb, floating* C,
-                              int ldc) noexcept nogil:
-    """C (M, Nc) = A^T B, A (K, M) and B (K, Nc), rows lda, ldb, ldc apart."""
-    if Nc > TN_MAX_COLS:
-        gemm(True, False, M, Nc, K, <floating>1.0, A, lda, B, ldb, <floating>0.0, C, ldc)
-    else:
+                              int ldc, floating* work=NULL) noexcept nogil:
+    """C (M, Nc) = A^T B, A (K, M) and B (K, Nc), rows lda, ldb, ldc apart;
+    work: room for lstmx_gemm_tn_work(Nc) elements, or NULL."""
+    if Nc <= TN_MAX_COLS:
         _gemm_tn(M, Nc, K, A, lda, B, ldb, C, ldc)
+    elif work != NULL and _tn_packs(M, Nc, sizeof(floating)):
+        _gemm_tn_packed(M, Nc, K, A, lda, B, ldb, C, ldc, work)
+    else:
+        gemm(True, False, M, Nc, K, <floating>1.0, A, lda, B, ldb, <floating>0.0, C, ldc)
 
 
 # Packed weights start on a cache line: the packed kernels' vector loads
@@ -465,9 +504,11 @@ def _gemm_packed_test(const floating[:, ::1] a, const floating[:, ::1] w, bint t
         _free(P)
 
 
-def _gemm_tn_test(const floating[:, :] a, const floating[:, :] b, floating[:, :] c):
+def _gemm_tn_test(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
+                  bint packed=False):
     """Test hook: c (M, Nc) = a^T b for a (K, M) and b (K, Nc), through
-    _cell.c's gemm_tn; rows of each may be any distance apart, columns adjacent."""
+    _cell.c's gemm_tn (packed: gemm_tn_packed); rows of each may be any
+    distance apart, columns adjacent."""
     if a.shape[0] != b.shape[0] or c.shape[0] != a.shape[1] or c.shape[1] != b.shape[1]:
         raise ValueError("a (K, M), b (K, Nc) and c (M, Nc) expected")
     if a.strides[1] != sizeof(floating) or b.strides[1] != sizeof(floating) \
@@ -476,10 +517,21 @@ def _gemm_tn_test(const floating[:, :] a, const floating[:, :] b, floating[:, :]
     if c.shape[0] == 0 or c.shape[1] == 0:
         return
     cdef floating dummy = 0
-    _gemm_tn(c.shape[0], c.shape[1], a.shape[0],
-             &a[0, 0] if a.shape[0] else &dummy, a.strides[0] // sizeof(floating),
-             &b[0, 0] if b.shape[0] else &dummy, b.strides[0] // sizeof(floating),
-             &c[0, 0], c.strides[0] // sizeof(floating))
+    cdef floating* work = NULL
+    if not packed:
+        _gemm_tn(c.shape[0], c.shape[1], a.shape[0],
+                 &a[0, 0] if a.shape[0] else &dummy, a.strides[0] // sizeof(floating),
+                 &b[0, 0] if b.shape[0] else &dummy, b.strides[0] // sizeof(floating),
+                 &c[0, 0], c.strides[0] // sizeof(floating))
+        return
+    work = _alloc(lstmx_gemm_tn_work(c.shape[1]), &c[0, 0])
+    try:
+        _gemm_tn_packed(c.shape[0], c.shape[1], a.shape[0],
+                        &a[0, 0] if a.shape[0] else &dummy, a.strides[0] // sizeof(floating),
+                        &b[0, 0] if b.shape[0] else &dummy, b.strides[0] // sizeof(floating),
+                        &c[0, 0], c.strides[0] // sizeof(floating), work)
+    finally:
+        _free(work)
 
 
 # A kernel call prepared as a Job (the def functions below with defer=True)
@@ -1083,17 +1135,20 @@ cdef void _weights(int R, int I, int G, int H, int part, int nparts,
                    const floating* x, const floating* w_x,
                    const floating* h_prev_all, const floating* dgates,
                    floating* dw_x, floating* dw_h, floating* dx,
-                   bint accumulate_dx, floating* w_pack) noexcept nogil:
+                   bint accumulate_dx, floating* w_pack, floating* work) noexcept nogil:
     """Part ``part`` of ``nparts`` of the rows of dW_x (4H, I) = dA^T X,
     dW_h (4H, H) = dA^T H_prev and dX (R, I) = dA W_x (dx NULL: none).
     dX is the packed GEMM's on W_x packed into w_pack (room for
-    _packed_size(I, 4H)), or BLAS's where w_pack is NULL (accumulate_dx)."""
+    _packed_size(I, 4H)), or BLAS's where w_pack is NULL (accumulate_dx).
+    work: room for lstmx_gemm_tn_work(max(I, H)) elements, or NULL (see
+    _weight_grad)."""
     cdef int g0 = <int>_share(G, part, nparts), g1 = <int>_share(G, part + 1, nparts)
     cdef int r0 = <int>_share(R, part, nparts), r1 = <int>_share(R, part + 1, nparts)
     cdef floating beta = 1.0 if accumulate_dx else 0.0
     if g1 > g0:
-        _weight_grad(g1 - g0, I, R, dgates + g0, G, x, I, dw_x + <Py_ssize_t>g0 * I, I)
-        _weight_grad(g1 - g0, H, R, dgates + g0, G, h_prev_all, H, dw_h + <Py_ssize_t>g0 * H, H)
+        _weight_grad(g1 - g0, I, R, dgates + g0, G, x, I, dw_x + <Py_ssize_t>g0 * I, I, work)
+        _weight_grad(g1 - g0, H, R, dgates + g0, G, h_prev_all, H, dw_h + <Py_ssize_t>g0 * H, H,
+                     work)
     if r1 > r0 and dx != NULL and w_pack != NULL:
         _pack(I, G, w_x, 1, I, w_pack)
         _gemm_packed(r1 - r0, I, G, dgates + <Py_ssize_t>r0 * G, G, w_pack,
@@ -1150,6 +1205,9 @@ def lstm_backward_weights(const floating[:, :, ::1] x,
         # rows, 4H = 1280, I = 640), packing included, 172 GFLOP/s against
         # BLAS's 145 (I = 360: 163 against 144)
         job.args.owned = _alloc(_packed_size(I, G, &w_x[0, 0]), &w_x[0, 0])
+    rows = _share(G, part + 1, nparts) - _share(G, part, nparts)
+    if _tn_packs(rows, I, sizeof(floating)) or _tn_packs(rows, H, sizeof(floating)):
+        job.args.owned_x = _alloc(lstmx_gemm_tn_work(max(I, H)), &w_x[0, 0])
     return job._run_or_defer(defer)
 
 
@@ -1189,7 +1247,7 @@ cdef void _run_typed(_Args* a, floating* like) noexcept nogil:
                  <const floating*>a.x, <const floating*>a.w_x,
                  <const floating*>a.h_prev_all, <const floating*>a.dgates,
                  <floating*>a.dw_x, <floating*>a.dw_h, <floating*>a.dx, a.flag,
-                 <floating*>a.owned)
+                 <floating*>a.owned, <floating*>a.owned_x)
     elif a.kind == _LINEAR:
         # (h in x, w in w_x, b in bias, y in out; K in I, O in G)
         _linear(a.R, a.I, a.G, a.part, a.nparts, <const floating*>a.x,
