@@ -836,6 +836,27 @@ static ATTR void gemm_tn_##SFX##V(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,     \
  * 320-960. float64 gains nothing on dgemm (72-75 against 72-79). */
 #define LSTMX_TN_KC 640
 #define LSTMX_TN_MC 256
+
+/* Row k of a block into tiles of w columns, kc rows each: the n values of
+ * src go to dst[t w kc + c] for column t w + c (dst at row k's place in
+ * the first tile), zeros past n in the last tile. */
+#define LSTMX_PACK_ROW(T, SFX)                                                \
+static inline LSTMX_INLINE void lstmx_pack_row_##SFX(ptrdiff_t n,             \
+                                                     ptrdiff_t w,             \
+                                                     ptrdiff_t kc,            \
+                                                     const T *restrict src,   \
+                                                     T *restrict dst)         \
+{                                                                             \
+    ptrdiff_t j = 0;                                                          \
+    for (; j + w <= n; j += w, dst += w * kc)                                 \
+        memcpy(dst, src + j, w * sizeof(T));                                  \
+    for (ptrdiff_t c = 0; j < n && c < w; c++)                                \
+        dst[c] = j + c < n ? src[j + c] : 0;                                  \
+}
+LSTMX_PACK_ROW(float, f32)
+LSTMX_PACK_ROW(double, f64)
+LSTMX_PACK_ROW(float, f32z)
+LSTMX_PACK_ROW(double, f64z)
 #define LSTMX_GEMM_TN_PACKED(T, SFX, LANES, MR, V, ATTR)                      \
 static ATTR void gemm_tn_packed_##SFX##V(ptrdiff_t M, ptrdiff_t Nc,           \
                                          ptrdiff_t K, const T *restrict A,    \
@@ -850,19 +871,20 @@ static ATTR void gemm_tn_packed_##SFX##V(ptrdiff_t M, ptrdiff_t Nc,           \
             memset(C + m * ldc, 0, Nc * sizeof(T));                           \
     for (ptrdiff_t k0 = 0; k0 < K; k0 += LSTMX_TN_KC) {                       \
         const ptrdiff_t kc = K - k0 < LSTMX_TN_KC ? K - k0 : LSTMX_TN_KC;     \
-        for (ptrdiff_t j0 = 0; j0 < Nc; j0 += NR)                             \
-            pack_##SFX(Nc - j0 < NR ? Nc - j0 : NR, kc, B + k0 * ldb + j0, 1, \
-                       ldb, Bp + j0 * kc);                                    \
+        /* both packed a row of k at a time: the rows are read whole, in      \
+         * order (a tile at a time, each k's few values came from a line of   \
+         * their own, 5 KB from the last: the packing of A was a fifth of     \
+         * the samples, each read waiting on memory) */                       \
+        for (ptrdiff_t k = 0; k < kc; k++)                                    \
+            lstmx_pack_row_##SFX(Nc, NR, kc, B + (k0 + k) * ldb, Bp + k * NR); \
         for (ptrdiff_t m0 = 0; m0 < M; m0 += LSTMX_TN_MC) {                   \
             const ptrdiff_t mc = M - m0 < LSTMX_TN_MC ? M - m0 : LSTMX_TN_MC; \
-            for (ptrdiff_t t = 0; t * (MR) < mc; t++) {                       \
-                const ptrdiff_t rows = mc - t * (MR) < (MR) ? mc - t * (MR)   \
-                                                            : (MR);           \
-                T *dst = Ap + t * (MR) * kc;                                  \
-                const T *src = A + k0 * lda + m0 + t * (MR);                  \
-                for (ptrdiff_t k = 0; k < kc; k++)                            \
-                    for (ptrdiff_t r = 0; r < (MR); r++)                      \
-                        dst[k * (MR) + r] = r < rows ? src[k * lda + r] : 0;  \
+            for (ptrdiff_t k = 0; k < kc; k++) {                              \
+                if (k + 8 < kc)                                               \
+                    for (ptrdiff_t j = 0; j < mc; j += 64 / sizeof(T))        \
+                        __builtin_prefetch(A + (k0 + k + 8) * lda + m0 + j);  \
+                lstmx_pack_row_##SFX(mc, (MR), kc, A + (k0 + k) * lda + m0,   \
+                                     Ap + k * (MR));                          \
             }                                                                 \
             for (ptrdiff_t j0 = 0; j0 < Nc; j0 += NR) {                       \
                 const ptrdiff_t nc = Nc - j0 < NR ? Nc - j0 : NR;             \
