@@ -822,10 +822,10 @@ static ATTR void gemm_tn_##SFX##V(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,     \
  * packed a block at a time. gemm_tn's A read where it is misses L1 there:
  * rows of dA 5 KB apart (H = 320) fall into 4 of its 64 sets, and a block
  * of KC rows of all 1280 columns outgrows L2 as well. Here, for each KC
- * rows of k, B's columns are packed into panels of NR (pack_, from L2
+ * rows of k, B's columns are packed into panels of NR (read from L2
  * after), then for each MC columns of A, A's block into tiles of MR
  * columns, Ap[t][k][r] = A[k][m0 + t MR + r], read by the register tile
- * from L1; C carries each sum from block to block, so every C[m][j] is
+ * from L1 (both packed by lstmx_pack_row, a row of k at a time); C carries each sum from block to block, so every C[m][j] is
  * still summed over k = 0, 1, ..., K-1 in order: gemm_tn's bits, and the
  * same whichever rows of C a thread computes. work: lstmx_gemm_tn_work(Nc)
  * elements. float32, one core, the other running the same, GFLOP/s (M =
