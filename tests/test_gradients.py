@@ -295,17 +295,25 @@ def test_single_sequence_gradients(hidden, bidirectional, kernel, rng, monkeypat
 # the splits apply to one direction; two directions run on a thread each
 @pytest.mark.parametrize("arch, kernel_path", [
     (arch, path) for arch in (Arch(I, H, 2, False, True, O), Arch(I, H, 2, False, False))
-    for path in ("packed", "batch", "units")] + [(Arch(I, H, 1, True, True, O), "packed")],
+    for path in ("packed", "batch", "units", "tn_packed", "tn_blas")]
+    + [(Arch(I, H, 1, True, True, O), "packed")],
     ids=lambda v: v if isinstance(v, str) else v.id)
 def test_gradients_on_every_kernel_path(arch, kernel_path, rng, monkeypatch):
     """The batched kernels' other paths, which the small problems here do
     not take by themselves: the packed GEMM for the recurrent products
     (beyond _lstm.SMALL_N sequences), and with it one direction split
     across two threads, by sequences or by units (forward; backward halves
-    the sequences in both)."""
+    the sequences in both); the weight gradients of many units, on
+    gemm_tn_packed (tn_packed) or BLAS (tn_blas), halved too."""
     import lstmx
     import lstmx.lstm as lstm_module
-    if kernel_path != "packed":
+    # every weight gradient is wider than TN_MAX_COLS = 0: on gemm_tn_packed
+    # from one row of C (tn_packed, also each half's), or on BLAS (tn_blas)
+    tn_limits = {"tn_packed": (0, 1), "tn_blas": (0, 2**40)}.get(kernel_path)
+    if tn_limits:
+        monkeypatch.setattr(lstm_module, "BACKWARD_SPLIT_MIN_FLOPS", 0)
+        tn_limits = lstmx._lstm._set_tn_limits(*tn_limits)
+    if kernel_path not in ("packed", "tn_packed", "tn_blas"):
         monkeypatch.setattr(lstm_module, "SPLIT_MIN_BATCH", 1)
         monkeypatch.setattr(lstm_module, "BACKWARD_SPLIT_MIN_FLOPS", 0)
     if kernel_path == "units":
@@ -315,6 +323,7 @@ def test_gradients_on_every_kernel_path(arch, kernel_path, rng, monkeypatch):
         p = Problem(arch, rng)
         if kernel_path != "packed":
             assert p.net._split_backward(N)
+        if kernel_path in ("batch", "units"):
             units = kernel_path == "units" and lstmx._lstm.can_split()
             assert p.net._split(N) == ("units" if units else "batch")
         grads = p.grads()
@@ -327,3 +336,5 @@ def test_gradients_on_every_kernel_path(arch, kernel_path, rng, monkeypatch):
                                        atol=ATOL)
     finally:
         lstmx._lstm._set_small_n(old)
+        if tn_limits:
+            lstmx._lstm._set_tn_limits(*tn_limits)

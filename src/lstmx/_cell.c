@@ -833,7 +833,7 @@ static ATTR void gemm_tn_##SFX##V(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,     \
  * 165; Nc = 320 99/142/165; scipy's sgemm 140-152 (see _lstm.pyx's
  * TN_PACKED_MIN_ROWS for the run in turn). KC = 640 against 256-1024, MC
  * = 256 against 64-512: within 2% of the best of those tried, at Nc =
- * 320-960. float64 gains nothing on dgemm (72-75 against 72-79). */
+ * 320-960. */
 #define LSTMX_TN_KC 640
 #define LSTMX_TN_MC 256
 

@@ -327,15 +327,15 @@ cdef inline void _gemv_packed(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
 # = (128, 64) 0.91, (128, 16) 0.51; K = 3200: (640, 64) 0.99, (160, 160)
 # 1.05, (640, 320) 1.27. Wider ones run on gemm_tn_packed, which packs both
 # operands a block at a time, when A has at least TN_PACKED_MIN_ROWS
-# columns (rows of C) and the caller has its work (float32: see _tn_packs);
-# else on BLAS, which copies both too. float32, seed_train's second layer
+# columns (rows of C) and the caller has its work; else on BLAS, which
+# copies both too. float32, seed_train's second layer
 # (K = 3200 rows, M = 1280, I = 640), dW_x and dW_h of a direction through
 # lstm_backward_weights, each core running one, builds installed side by
 # side and run in turn: 51-52 ms against sgemm's 56-57 (first layer, I =
-# 360: 38-39 against 42-43). The head's dW_fc (M = O) stays with BLAS.
-cdef enum:
-    TN_MAX_COLS = 64
-    TN_PACKED_MIN_ROWS = 256
+# 360: 38-39 against 42-43). float64, the same, I = 640: 73-77 GFLOP/s
+# against dgemm's 68-69. The head's dW_fc (M = O) stays with BLAS.
+cdef Py_ssize_t TN_MAX_COLS = 64
+cdef Py_ssize_t TN_PACKED_MIN_ROWS = 256
 
 
 cdef inline void _gemm_tn(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
@@ -362,11 +362,9 @@ cdef inline void _gemm_tn_packed(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
         lstmx_gemm_tn_packed_f64(M, Nc, K, A, lda, B, ldb, C, ldc, work)
 
 
-cdef inline bint _tn_packs(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t itemsize) noexcept nogil:
-    """Whether _weight_grad runs C (M, Nc) on gemm_tn_packed (given work):
-    float32 only (float64, one thread, K = 3200: 72-75 GFLOP/s packed
-    against dgemm's 72-79)."""
-    return itemsize == 4 and Nc > TN_MAX_COLS and M >= TN_PACKED_MIN_ROWS
+cdef inline bint _tn_packs(Py_ssize_t M, Py_ssize_t Nc) noexcept nogil:
+    """Whether _weight_grad runs C (M, Nc) on gemm_tn_packed (given work)."""
+    return Nc > TN_MAX_COLS and M >= TN_PACKED_MIN_ROWS
 
 
 cdef inline void _weight_grad(int M, int Nc, int K, const floating* A, int lda,
@@ -376,7 +374,7 @@ cdef inline void _weight_grad(int M, int Nc, int K, const floating* A, int lda,
     work: room for lstmx_gemm_tn_work(Nc) elements, or NULL."""
     if Nc <= TN_MAX_COLS:
         _gemm_tn(M, Nc, K, A, lda, B, ldb, C, ldc)
-    elif work != NULL and _tn_packs(M, Nc, sizeof(floating)):
+    elif work != NULL and _tn_packs(M, Nc):
         _gemm_tn_packed(M, Nc, K, A, lda, B, ldb, C, ldc, work)
     else:
         gemm(True, False, M, Nc, K, <floating>1.0, A, lda, B, ldb, <floating>0.0, C, ldc)
@@ -1206,7 +1204,7 @@ def lstm_backward_weights(const floating[:, :, ::1] x,
         # BLAS's 145 (I = 360: 163 against 144)
         job.args.owned = _alloc(_packed_size(I, G, &w_x[0, 0]), &w_x[0, 0])
     rows = _share(G, part + 1, nparts) - _share(G, part, nparts)
-    if _tn_packs(rows, I, sizeof(floating)) or _tn_packs(rows, H, sizeof(floating)):
+    if _tn_packs(rows, I) or _tn_packs(rows, H):
         job.args.owned_x = _alloc(lstmx_gemm_tn_work(max(I, H)), &w_x[0, 0])
     return job._run_or_defer(defer)
 
@@ -1536,6 +1534,15 @@ def _matvec_seconds(const floating[:, ::1] w, const floating[::1] x,
         return time.perf_counter() - start
     finally:
         _free(P)
+
+
+def _set_tn_limits(Py_ssize_t max_cols, Py_ssize_t packed_min_rows):
+    """Test hook: which weight gradients run on gemm_tn, gemm_tn_packed or
+    BLAS (see TN_MAX_COLS, TN_PACKED_MIN_ROWS). Returns the old pair."""
+    global TN_MAX_COLS, TN_PACKED_MIN_ROWS
+    old = TN_MAX_COLS, TN_PACKED_MIN_ROWS
+    TN_MAX_COLS, TN_PACKED_MIN_ROWS = max_cols, packed_min_rows
+    return old
 
 
 def _set_small_n(Py_ssize_t n):
