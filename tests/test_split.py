@@ -643,6 +643,22 @@ def test_packed_weight_gradient_gemm_gives_gemm_tns_bits(dtype, rng):
         np.testing.assert_array_equal(part, c[m0:m1], err_msg=f"M={M} rows {m0}:{m1}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_packed_weight_gradients_of_two_operands_at_once(dtype, rng):
+    """dW_x and dW_h from one call (dA's blocks packed once for both): each
+    the bits of gemm_tn alone, narrow or wide, with K across blocks."""
+    for M, K, N1, N2 in [(300, 1281, 70, 65), (260, 700, 16, 130), (257, 641, 3, 9)]:
+        a = rng.standard_normal((K, M + 1)).astype(dtype)[:, 1:]
+        b1 = rng.standard_normal((K, N1)).astype(dtype)
+        b2 = rng.standard_normal((K, N2 + 2)).astype(dtype)[:, :N2]
+        c1, c2 = np.empty((M, N1), dtype), np.empty((M, N2), dtype)
+        lstmx._lstm._gemm_tn_pair_test(a, b1, c1, b2, c2)
+        for b, c in ((b1, c1), (b2, c2)):
+            alone = np.empty_like(c)
+            lstmx._lstm._gemm_tn_test(a, b, alone)
+            np.testing.assert_array_equal(c, alone, err_msg=f"M={M} K={K} Nc={b.shape[1]}")
+
+
 def test_weight_gradient_gemm_refuses_bad_shapes():
     a = np.zeros((5, 3), np.float32)
     with pytest.raises(ValueError, match="a \\(K, M\\)"):

@@ -825,10 +825,11 @@ static ATTR void gemm_tn_##SFX##V(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,     \
  * rows of k, B's columns are packed into panels of NR (read from L2
  * after), then for each MC columns of A, A's block into tiles of MR
  * columns, Ap[t][k][r] = A[k][m0 + t MR + r], read by the register tile
- * from L1 (both packed by lstmx_pack_row, a row of k at a time); C carries each sum from block to block, so every C[m][j] is
- * still summed over k = 0, 1, ..., K-1 in order: gemm_tn's bits, and the
- * same whichever rows of C a thread computes. work: lstmx_gemm_tn_work(Nc)
- * elements. float32, one core, the other running the same, GFLOP/s (M =
+ * from L1 (both packed by lstmx_pack_row, a row of k at a time); C
+ * carries each sum from block to block, so every C[m][j] is still summed
+ * over k = 0, 1, ..., K-1 in order: gemm_tn's bits, and the
+ * same whichever rows of C a thread computes. work: lstmx_gemm_tn_work
+ * of the operands' columns in all. float32, one core, the other running the same, GFLOP/s (M =
  * 1280, K = 3200): Nc = 640 gemm_tn 93, blocks of A in place 140, packed
  * 165; Nc = 320 99/142/165; scipy's sgemm 140-152 (see _lstm.pyx's
  * TN_PACKED_MIN_ROWS for the run in turn). KC = 640 against 256-1024, MC
@@ -855,46 +856,58 @@ static inline LSTMX_INLINE void lstmx_pack_row_##SFX(ptrdiff_t n,             \
 }
 LSTMX_PACK_ROW(float, f32)
 LSTMX_PACK_ROW(double, f64)
-LSTMX_PACK_ROW(float, f32z)
-LSTMX_PACK_ROW(double, f64z)
-#define LSTMX_GEMM_TN_PACKED(T, SFX, LANES, MR, V, ATTR)                      \
-static ATTR void gemm_tn_packed_##SFX##V(ptrdiff_t M, ptrdiff_t Nc,           \
-                                         ptrdiff_t K, const T *restrict A,    \
-                                         ptrdiff_t lda, const T *restrict B,  \
-                                         ptrdiff_t ldb, T *restrict C,        \
-                                         ptrdiff_t ldc, T *restrict work)     \
+
+/* C_b (M, Nc[b]) = A^T B_b for the nb (1 or 2) operands B_b (K, Nc[b]),
+ * rows ldb[b] apart, into C_b, rows ldc[b] apart: A's blocks packed once
+ * for both (dW_x and dW_h of a layer, from one dA). TS: T's suffix, for
+ * lstmx_pack_row. */
+#define LSTMX_GEMM_TN_PACKED(T, SFX, TS, LANES, MR, V, ATTR)                  \
+static ATTR void gemm_tn_packed_##SFX##V(ptrdiff_t M, ptrdiff_t K,            \
+                                         const T *restrict A, ptrdiff_t lda,  \
+                                         int nb, const T *const *B,           \
+                                         const ptrdiff_t *ldb,                \
+                                         const ptrdiff_t *Nc, T *const *C,    \
+                                         const ptrdiff_t *ldc,                \
+                                         T *restrict work)                    \
 {                                                                             \
     const ptrdiff_t NR = 2 * LANES;                                           \
-    T *Bp = work, *Ap = work + (Nc + LSTMX_NR_MAX) * LSTMX_TN_KC;             \
-    if (K == 0)                                                               \
-        for (ptrdiff_t m = 0; m < M; m++)                                     \
-            memset(C + m * ldc, 0, Nc * sizeof(T));                           \
+    T *Bp[2], *Ap = work;                                                     \
+    for (int b = 0; b < nb; b++) {                                            \
+        Bp[b] = Ap;                                                           \
+        Ap += (Nc[b] + LSTMX_NR_MAX) * LSTMX_TN_KC;                           \
+        for (ptrdiff_t m = 0; m < M && K == 0; m++)                           \
+            memset(C[b] + m * ldc[b], 0, Nc[b] * sizeof(T));                  \
+    }                                                                         \
     for (ptrdiff_t k0 = 0; k0 < K; k0 += LSTMX_TN_KC) {                       \
         const ptrdiff_t kc = K - k0 < LSTMX_TN_KC ? K - k0 : LSTMX_TN_KC;     \
-        /* both packed a row of k at a time: the rows are read whole, in      \
+        /* all packed a row of k at a time: the rows are read whole, in       \
          * order (a tile at a time, each k's few values came from a line of   \
          * their own, 5 KB from the last: the packing of A was a fifth of     \
          * the samples, each read waiting on memory) */                       \
-        for (ptrdiff_t k = 0; k < kc; k++)                                    \
-            lstmx_pack_row_##SFX(Nc, NR, kc, B + (k0 + k) * ldb, Bp + k * NR); \
+        for (int b = 0; b < nb; b++)                                          \
+            for (ptrdiff_t k = 0; k < kc; k++)                                \
+                lstmx_pack_row_##TS(Nc[b], NR, kc, B[b] + (k0 + k) * ldb[b],  \
+                                    Bp[b] + k * NR);                          \
         for (ptrdiff_t m0 = 0; m0 < M; m0 += LSTMX_TN_MC) {                   \
             const ptrdiff_t mc = M - m0 < LSTMX_TN_MC ? M - m0 : LSTMX_TN_MC; \
             for (ptrdiff_t k = 0; k < kc; k++) {                              \
                 if (k + 8 < kc)                                               \
                     for (ptrdiff_t j = 0; j < mc; j += 64 / sizeof(T))        \
                         __builtin_prefetch(A + (k0 + k + 8) * lda + m0 + j);  \
-                lstmx_pack_row_##SFX(mc, (MR), kc, A + (k0 + k) * lda + m0,   \
-                                     Ap + k * (MR));                          \
+                lstmx_pack_row_##TS(mc, (MR), kc, A + (k0 + k) * lda + m0,    \
+                                    Ap + k * (MR));                           \
             }                                                                 \
-            for (ptrdiff_t j0 = 0; j0 < Nc; j0 += NR) {                       \
-                const ptrdiff_t nc = Nc - j0 < NR ? Nc - j0 : NR;             \
-                for (ptrdiff_t m = 0, mr; m < mc; m += mr) {                  \
-                    mr = mc - m < (MR) ? mc - m : (MR);                       \
-                    LSTMX_TILE_CALL(tile_##SFX, kc, mr, Ap + m * kc, 1, (MR), \
-                                    Bp + j0 * kc, NR, C + (m0 + m) * ldc + j0, \
-                                    ldc, nc, k0 == 0)                         \
+            for (int b = 0; b < nb; b++)                                      \
+                for (ptrdiff_t j0 = 0; j0 < Nc[b]; j0 += NR) {                \
+                    const ptrdiff_t nc = Nc[b] - j0 < NR ? Nc[b] - j0 : NR;   \
+                    for (ptrdiff_t m = 0, mr; m < mc; m += mr) {              \
+                        mr = mc - m < (MR) ? mc - m : (MR);                   \
+                        LSTMX_TILE_CALL(tile_##SFX, kc, mr, Ap + m * kc, 1,   \
+                                        (MR), Bp[b] + j0 * kc, NR,            \
+                                        C[b] + (m0 + m) * ldc[b] + j0, ldc[b], \
+                                        nc, k0 == 0)                          \
+                    }                                                         \
                 }                                                             \
-            }                                                                 \
         }                                                                     \
     }                                                                         \
 }
@@ -1006,8 +1019,8 @@ static ATTR void activations_##SFX##V(ptrdiff_t n, const T *restrict z,       \
     LSTMX_GEMM_PACKED(double, f64, 4, LSTMX_MR, V, ATTR)                      \
     LSTMX_GEMM_TN(float, f32, 8, LSTMX_MR, V, ATTR)                           \
     LSTMX_GEMM_TN(double, f64, 4, LSTMX_MR, V, ATTR)                          \
-    LSTMX_GEMM_TN_PACKED(float, f32, 8, LSTMX_MR, V, ATTR)                    \
-    LSTMX_GEMM_TN_PACKED(double, f64, 4, LSTMX_MR, V, ATTR)                   \
+    LSTMX_GEMM_TN_PACKED(float, f32, f32, 8, LSTMX_MR, V, ATTR)               \
+    LSTMX_GEMM_TN_PACKED(double, f64, f64, 4, LSTMX_MR, V, ATTR)              \
     LSTMX_SOFTMAX_XENT(double, f64, V, ATTR, softmax_exps_f64)
 
 LSTMX_KERNELS(_base, )
@@ -1375,8 +1388,8 @@ LSTMX_GEMM_PACKED(float, f32z, 16, LSTMX_MR_512, _512, LSTMX_512)
 LSTMX_GEMM_PACKED(double, f64z, 8, LSTMX_MR_512, _512, LSTMX_512)
 LSTMX_GEMM_TN(float, f32z, 16, LSTMX_MR_512, _512, LSTMX_512)
 LSTMX_GEMM_TN(double, f64z, 8, LSTMX_MR_512, _512, LSTMX_512)
-LSTMX_GEMM_TN_PACKED(float, f32z, 16, LSTMX_MR_512, _512, LSTMX_512)
-LSTMX_GEMM_TN_PACKED(double, f64z, 8, LSTMX_MR_512, _512, LSTMX_512)
+LSTMX_GEMM_TN_PACKED(float, f32z, f32, 16, LSTMX_MR_512, _512, LSTMX_512)
+LSTMX_GEMM_TN_PACKED(double, f64z, f64, 8, LSTMX_MR_512, _512, LSTMX_512)
 
 /* the activations on 16 float32 and 8 float64 lanes */
 typedef int32_t vec_i32z __attribute__((vector_size(64)));
@@ -1430,7 +1443,7 @@ static const int use_fma = 0, use_512 = 0;
 
 ptrdiff_t lstmx_gemm_tn_work(ptrdiff_t Nc)
 {
-    return ((Nc + LSTMX_NR_MAX) + (LSTMX_TN_MC + LSTMX_MR_MAX)) * LSTMX_TN_KC;
+    return (Nc + 2 * LSTMX_NR_MAX + LSTMX_TN_MC + LSTMX_MR_MAX) * LSTMX_TN_KC;
 }
 
 int lstmx_uses_fma(void)
@@ -1511,17 +1524,20 @@ void lstmx_gemm_tn_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,            \
             M, Nc, K, A, lda, B, ldb, C, ldc);                                \
 }                                                                             \
                                                                               \
-void lstmx_gemm_tn_packed_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,       \
-                                const T *A, ptrdiff_t lda, const T *B,        \
-                                ptrdiff_t ldb, T *C, ptrdiff_t ldc, T *work)  \
+void lstmx_gemm_tn_packed_##SFX(ptrdiff_t M, ptrdiff_t K, const T *A,        \
+                                ptrdiff_t lda, int nb, const T *const *B,     \
+                                const ptrdiff_t *ldb, const ptrdiff_t *Nc,    \
+                                T *const *C, const ptrdiff_t *ldc, T *work)   \
 {                                                                             \
-    /* the narrow panels where gemm_tn takes them */                          \
-    if (Nc <= 64 / (ptrdiff_t)sizeof(T))                                      \
-        LSTMX_PICK(gemm_tn_packed_##SFX)(M, Nc, K, A, lda, B, ldb, C, ldc,    \
-                                         work);                               \
+    /* the narrow panels where gemm_tn takes them (either build gives the     \
+     * same bits) */                                                          \
+    if (Nc[0] <= 64 / (ptrdiff_t)sizeof(T)                                    \
+        && (nb == 1 || Nc[1] <= 64 / (ptrdiff_t)sizeof(T)))                   \
+        LSTMX_PICK(gemm_tn_packed_##SFX)(M, K, A, lda, nb, B, ldb, Nc, C,     \
+                                         ldc, work);                          \
     else                                                                      \
         LSTMX_PICK_WIDE(gemm_tn_packed_##SFX, gemm_tn_packed_##SFX##z)(       \
-            M, Nc, K, A, lda, B, ldb, C, ldc, work);                          \
+            M, K, A, lda, nb, B, ldb, Nc, C, ldc, work);                      \
 }                                                                             \
                                                                               \
 void lstmx_gemv_packed_##SFX(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,           \

@@ -51,18 +51,22 @@ LSTMX_DECLARE_MATMAT(double, f64)
     void lstmx_gemm_tn_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,          \
                              const T *A, ptrdiff_t lda, const T *B,           \
                              ptrdiff_t ldb, T *C, ptrdiff_t ldc);             \
-    /* the same with A and B packed a block at a time into work            \
-     * (lstmx_gemm_tn_work(Nc) elements): for a wide A, as a layer's dW */   \
-    void lstmx_gemm_tn_packed_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,   \
-                                    const T *A, ptrdiff_t lda, const T *B,    \
-                                    ptrdiff_t ldb, T *C, ptrdiff_t ldc,       \
-                                    T *work);                                 \
+    /* the same for nb = 1 or 2 operands B[b] (K, Nc[b]) at once, C[b] =   \
+     * A^T B[b], A and the B packed a block at a time into work             \
+     * (lstmx_gemm_tn_work of all their columns): for a wide A, as a        \
+     * layer's dW_x and dW_h */                                               \
+    void lstmx_gemm_tn_packed_##SFX(ptrdiff_t M, ptrdiff_t K, const T *A,     \
+                                    ptrdiff_t lda, int nb,                    \
+                                    const T *const *B, const ptrdiff_t *ldb,  \
+                                    const ptrdiff_t *Nc, T *const *C,         \
+                                    const ptrdiff_t *ldc, T *work);           \
     /* one sequence, B blocks of M columns: y[b gs + m] = (x B_b)[m] */       \
     void lstmx_gemv_packed_##SFX(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,       \
                                  const T *x, const T *P, T *y, ptrdiff_t gs,  \
                                  int backwards);
 
-/* elements of the work of lstmx_gemm_tn_packed for Nc columns, any dtype */
+/* elements of the work of lstmx_gemm_tn_packed for Nc columns of (one or
+ * two) operands in all, any dtype */
 ptrdiff_t lstmx_gemm_tn_work(ptrdiff_t Nc);
 /* 1 when the kernels run their AVX2+FMA build (chosen at load), else 0 */
 int lstmx_uses_fma(void);
@@ -140,8 +144,8 @@ void lstmx_activations_f64(ptrdiff_t n, const double *z, double *e, double *s,
  * An operation on a subnormal operand or result takes a microcode assist
  * of a hundred cycles or so: backpropagating a loss on the last of 2000
  * steps took 3-4 times as long as one on every step, as dc decayed through
- * the subnormals (see lstmx/_denormals.py). Header-only: the optimizers'
- * module uses it too. Elsewhere there is no flushing. */
+ * the subnormals (see lstmx/_denormals.py). Elsewhere than x86-64 there
+ * is no flushing. */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <xmmintrin.h>
 #define LSTMX_CAN_FLUSH 1

@@ -94,13 +94,14 @@ cdef extern from "_cell.h" nogil:
     void lstmx_gemm_tn_f64(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
                            const double* A, Py_ssize_t lda, const double* B,
                            Py_ssize_t ldb, double* C, Py_ssize_t ldc)
-    void lstmx_gemm_tn_packed_f32(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
-                                  const float* A, Py_ssize_t lda, const float* B,
-                                  Py_ssize_t ldb, float* C, Py_ssize_t ldc, float* work)
-    void lstmx_gemm_tn_packed_f64(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
-                                  const double* A, Py_ssize_t lda, const double* B,
-                                  Py_ssize_t ldb, double* C, Py_ssize_t ldc,
-                                  double* work)
+    void lstmx_gemm_tn_packed_f32(Py_ssize_t M, Py_ssize_t K, const float* A,
+                                  Py_ssize_t lda, int nb, const float* const* B,
+                                  const Py_ssize_t* ldb, const Py_ssize_t* Nc,
+                                  float* const* C, const Py_ssize_t* ldc, float* work)
+    void lstmx_gemm_tn_packed_f64(Py_ssize_t M, Py_ssize_t K, const double* A,
+                                  Py_ssize_t lda, int nb, const double* const* B,
+                                  const Py_ssize_t* ldb, const Py_ssize_t* Nc,
+                                  double* const* C, const Py_ssize_t* ldc, double* work)
     Py_ssize_t lstmx_gemm_tn_work(Py_ssize_t Nc)
     double lstmx_softmax_xent_f32(Py_ssize_t R, Py_ssize_t C, const float* z,
                                   const Py_ssize_t* classes,
@@ -349,33 +350,32 @@ cdef inline void _gemm_tn(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
         lstmx_gemm_tn_f64(M, Nc, K, A, lda, B, ldb, C, ldc)
 
 
-cdef inline void _gemm_tn_packed(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
-                                 const floating* A, Py_ssize_t lda,
-                                 const floating* B, Py_ssize_t ldb,
-                                 floating* C, Py_ssize_t ldc,
+cdef inline void _gemm_tn_packed(Py_ssize_t M, Py_ssize_t K, const floating* A,
+                                 Py_ssize_t lda, int nb, const floating** B,
+                                 const Py_ssize_t* ldb, const Py_ssize_t* Nc,
+                                 floating** C, const Py_ssize_t* ldc,
                                  floating* work) noexcept nogil:
-    """As _gemm_tn, A and B packed a block at a time into work (room for
-    lstmx_gemm_tn_work(Nc) elements); the same bits."""
+    """C[b] (M, Nc[b]) = A^T B[b] for b < nb (1 or 2), A, B[b] (K, Nc[b])
+    read with rows lda, ldb[b] apart, all packed a block at a time into
+    work (room for lstmx_gemm_tn_work of all Nc[b]): _gemm_tn's bits."""
     if floating is float:
-        lstmx_gemm_tn_packed_f32(M, Nc, K, A, lda, B, ldb, C, ldc, work)
+        lstmx_gemm_tn_packed_f32(M, K, A, lda, nb, B, ldb, Nc, C, ldc, work)
     else:
-        lstmx_gemm_tn_packed_f64(M, Nc, K, A, lda, B, ldb, C, ldc, work)
+        lstmx_gemm_tn_packed_f64(M, K, A, lda, nb, B, ldb, Nc, C, ldc, work)
 
 
 cdef inline bint _tn_packs(Py_ssize_t M, Py_ssize_t Nc) noexcept nogil:
-    """Whether _weight_grad runs C (M, Nc) on gemm_tn_packed (given work)."""
+    """Whether a weight gradient C (M, Nc) runs on gemm_tn_packed."""
     return Nc > TN_MAX_COLS and M >= TN_PACKED_MIN_ROWS
 
 
 cdef inline void _weight_grad(int M, int Nc, int K, const floating* A, int lda,
                               const floating* B, int ldb, floating* C,
-                              int ldc, floating* work=NULL) noexcept nogil:
-    """C (M, Nc) = A^T B, A (K, M) and B (K, Nc), rows lda, ldb, ldc apart;
-    work: room for lstmx_gemm_tn_work(Nc) elements, or NULL."""
+                              int ldc) noexcept nogil:
+    """C (M, Nc) = A^T B, A (K, M) and B (K, Nc), rows lda, ldb, ldc apart,
+    on gemm_tn or, wider than TN_MAX_COLS, BLAS."""
     if Nc <= TN_MAX_COLS:
         _gemm_tn(M, Nc, K, A, lda, B, ldb, C, ldc)
-    elif work != NULL and _tn_packs(M, Nc):
-        _gemm_tn_packed(M, Nc, K, A, lda, B, ldb, C, ldc, work)
     else:
         gemm(True, False, M, Nc, K, <floating>1.0, A, lda, B, ldb, <floating>0.0, C, ldc)
 
@@ -515,19 +515,46 @@ def _gemm_tn_test(const floating[:, :] a, const floating[:, :] b, floating[:, :]
     if c.shape[0] == 0 or c.shape[1] == 0:
         return
     cdef floating dummy = 0
-    cdef floating* work = NULL
     if not packed:
         _gemm_tn(c.shape[0], c.shape[1], a.shape[0],
                  &a[0, 0] if a.shape[0] else &dummy, a.strides[0] // sizeof(floating),
                  &b[0, 0] if b.shape[0] else &dummy, b.strides[0] // sizeof(floating),
                  &c[0, 0], c.strides[0] // sizeof(floating))
         return
-    work = _alloc(lstmx_gemm_tn_work(c.shape[1]), &c[0, 0])
+    _gemm_tn_pair_test(a, b, c, b, c, 1)
+
+
+def _gemm_tn_pair_test(const floating[:, :] a, const floating[:, :] b1, floating[:, :] c1,
+                       const floating[:, :] b2, floating[:, :] c2, int nb=2):
+    """Test hook: c1 = a^T b1 and c2 = a^T b2 at once through _cell.c's
+    gemm_tn_packed (nb = 1: c1 only); shapes as _gemm_tn_test's."""
+    cdef Py_ssize_t K = a.shape[0], M = a.shape[1]
+    if not (b1.shape[0] == b2.shape[0] == K and c1.shape[0] == c2.shape[0] == M
+            and c1.shape[1] == b1.shape[1] and c2.shape[1] == b2.shape[1]):
+        raise ValueError("a (K, M), b (K, Nc) and c (M, Nc) expected")
+    if (a.strides[1] != sizeof(floating) or b1.strides[1] != sizeof(floating)
+            or b2.strides[1] != sizeof(floating) or c1.strides[1] != sizeof(floating)
+            or c2.strides[1] != sizeof(floating)):
+        raise ValueError("a, b, c: columns must be adjacent")
+    if M == 0 or c1.shape[1] == 0 or c2.shape[1] == 0:
+        raise ValueError("c1, c2: expected at least one row and one column")
+    cdef floating dummy = 0
+    cdef const floating* B[2]
+    cdef floating* C[2]
+    cdef Py_ssize_t ldb[2]
+    cdef Py_ssize_t ldc[2]
+    cdef Py_ssize_t Nc[2]
+    B[0] = &b1[0, 0] if K else &dummy
+    B[1] = &b2[0, 0] if K else &dummy
+    C[0], C[1] = &c1[0, 0], &c2[0, 0]
+    ldb[0], ldb[1] = b1.strides[0] // sizeof(floating), b2.strides[0] // sizeof(floating)
+    ldc[0], ldc[1] = c1.strides[0] // sizeof(floating), c2.strides[0] // sizeof(floating)
+    Nc[0], Nc[1] = c1.shape[1], c2.shape[1]
+    cdef floating* work = _alloc(lstmx_gemm_tn_work(Nc[0] + (Nc[1] if nb == 2 else 0)),
+                                 &c1[0, 0])
     try:
-        _gemm_tn_packed(c.shape[0], c.shape[1], a.shape[0],
-                        &a[0, 0] if a.shape[0] else &dummy, a.strides[0] // sizeof(floating),
-                        &b[0, 0] if b.shape[0] else &dummy, b.strides[0] // sizeof(floating),
-                        &c[0, 0], c.strides[0] // sizeof(floating), work)
+        _gemm_tn_packed(M, K, &a[0, 0] if K else &dummy, a.strides[0] // sizeof(floating),
+                        nb, B, ldb, Nc, C, ldc, work)
     finally:
         _free(work)
 
@@ -1138,15 +1165,32 @@ cdef void _weights(int R, int I, int G, int H, int part, int nparts,
     dW_h (4H, H) = dA^T H_prev and dX (R, I) = dA W_x (dx NULL: none).
     dX is the packed GEMM's on W_x packed into w_pack (room for
     _packed_size(I, 4H)), or BLAS's where w_pack is NULL (accumulate_dx).
-    work: room for lstmx_gemm_tn_work(max(I, H)) elements, or NULL (see
-    _weight_grad)."""
+    work: room for lstmx_gemm_tn_work(I + H) elements, or NULL: the
+    gradients that _tn_packs picks run on gemm_tn_packed, both in one call
+    (dA packed once) where both are picked, the others on _weight_grad."""
     cdef int g0 = <int>_share(G, part, nparts), g1 = <int>_share(G, part + 1, nparts)
     cdef int r0 = <int>_share(R, part, nparts), r1 = <int>_share(R, part + 1, nparts)
     cdef floating beta = 1.0 if accumulate_dx else 0.0
-    if g1 > g0:
-        _weight_grad(g1 - g0, I, R, dgates + g0, G, x, I, dw_x + <Py_ssize_t>g0 * I, I, work)
-        _weight_grad(g1 - g0, H, R, dgates + g0, G, h_prev_all, H, dw_h + <Py_ssize_t>g0 * H, H,
-                     work)
+    cdef bint packs_x = work != NULL and _tn_packs(g1 - g0, I)
+    cdef bint packs_h = work != NULL and _tn_packs(g1 - g0, H)
+    cdef const floating* B[2]
+    cdef floating* C[2]
+    cdef Py_ssize_t ldb[2]
+    cdef Py_ssize_t Nc[2]
+    cdef int nb = 0
+    if g1 > g0 and packs_x:
+        B[nb], C[nb], ldb[nb], Nc[nb] = x, dw_x + <Py_ssize_t>g0 * I, I, I
+        nb += 1
+    elif g1 > g0:
+        _weight_grad(g1 - g0, I, R, dgates + g0, G, x, I, dw_x + <Py_ssize_t>g0 * I, I)
+    if g1 > g0 and packs_h:
+        B[nb], C[nb], ldb[nb], Nc[nb] = h_prev_all, dw_h + <Py_ssize_t>g0 * H, H, H
+        nb += 1
+    elif g1 > g0:
+        _weight_grad(g1 - g0, H, R, dgates + g0, G, h_prev_all, H, dw_h + <Py_ssize_t>g0 * H, H)
+    if nb:
+        # dW's rows ldc apart are as many as its columns (ldc = Nc)
+        _gemm_tn_packed(g1 - g0, R, dgates + g0, G, nb, B, ldb, Nc, C, Nc, work)
     if r1 > r0 and dx != NULL and w_pack != NULL:
         _pack(I, G, w_x, 1, I, w_pack)
         _gemm_packed(r1 - r0, I, G, dgates + <Py_ssize_t>r0 * G, G, w_pack,
@@ -1205,7 +1249,7 @@ def lstm_backward_weights(const floating[:, :, ::1] x,
         job.args.owned = _alloc(_packed_size(I, G, &w_x[0, 0]), &w_x[0, 0])
     rows = _share(G, part + 1, nparts) - _share(G, part, nparts)
     if _tn_packs(rows, I) or _tn_packs(rows, H):
-        job.args.owned_x = _alloc(lstmx_gemm_tn_work(max(I, H)), &w_x[0, 0])
+        job.args.owned_x = _alloc(lstmx_gemm_tn_work(I + H), &w_x[0, 0])
     return job._run_or_defer(defer)
 
 
