@@ -41,6 +41,41 @@ def test_returned_arrays_are_never_reused(rng):
             np.testing.assert_array_equal(a, b)
 
 
+def test_gradients_are_reused_only_once_let_go(rng):
+    """backward's gradient buffer comes back, zeroed, once nothing refers
+    to it (neither the Gradients nor any view of it), never while something
+    does; either way the gradients are backward's."""
+    import weakref
+    net = Arch(4, 6, num_layers=2, bidirectional=True, output_size=3).make(
+        dtype=np.float64, seed=9)
+    x = random_x(rng, 5, 2, 4)
+    y, cache = net.forward(x)
+    dy = rng.standard_normal(y.shape)
+    first = net.backward(dy, cache)
+    expected = first.flat.copy()
+    # held: a new buffer, and the held one keeps its values
+    second = net.backward(2 * dy, cache)
+    assert second.flat is not first.flat
+    np.testing.assert_array_equal(first.flat, expected)
+    np.testing.assert_array_equal(second.flat, 2 * expected)
+    # a view held: its buffer stays out of reach
+    view = second["W_i_x_fw_layer1"]
+    held = view.copy()
+    buffer = weakref.ref(second.flat)
+    del first, second
+    gc.collect()
+    third = net.backward(4 * dy, cache)
+    assert third.flat is not buffer()
+    np.testing.assert_array_equal(view, held)
+    # let go of everything: reused, zeroed first
+    del view
+    gc.collect()
+    reused = net.backward(dy, cache)
+    assert reused.flat is buffer()
+    np.testing.assert_array_equal(reused.flat, expected)
+    np.testing.assert_array_equal(third.flat, 4 * expected)
+
+
 def _check_predict_from_threads(net, inputs, repeats):
     """Each input predicted `repeats` times, every input on its own thread at
     once; every thread ends, with what one call on an emptied pool gives."""
