@@ -850,6 +850,11 @@ static ATTR void gemm_tn_##SFX##V(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,     \
  * 320-960. */
 #define LSTMX_TN_KC 640
 #define LSTMX_TN_MC 256
+#if defined(__GNUC__)
+#define LSTMX_PREFETCH(p) __builtin_prefetch(p)
+#else
+#define LSTMX_PREFETCH(p) ((void)0)   /* MSVC: none */
+#endif
 
 /* Row k of a block into tiles of w columns, kc rows each: the n values of
  * src go to dst[t w kc + c] for column t w + c (dst at row k's place in
@@ -906,7 +911,7 @@ static ATTR void gemm_tn_packed_##SFX##V(ptrdiff_t M, ptrdiff_t K,            \
             for (ptrdiff_t k = 0; k < kc; k++) {                              \
                 if (k + 8 < kc)                                               \
                     for (ptrdiff_t j = 0; j < mc; j += 64 / sizeof(T))        \
-                        __builtin_prefetch(A + (k0 + k + 8) * lda + m0 + j);  \
+                        LSTMX_PREFETCH(A + (k0 + k + 8) * lda + m0 + j);      \
                 lstmx_pack_row_##TS(mc, (MR), kc, A + (k0 + k) * lda + m0,    \
                                     Ap + k * (MR));                           \
             }                                                                 \
