@@ -295,7 +295,7 @@ def test_single_sequence_gradients(hidden, bidirectional, kernel, rng, monkeypat
 # the splits apply to one direction; two directions run on a thread each
 @pytest.mark.parametrize("arch, kernel_path", [
     (arch, path) for arch in (Arch(I, H, 2, False, True, O), Arch(I, H, 2, False, False))
-    for path in ("packed", "batch", "units", "tn_packed", "tn_blas")]
+    for path in ("packed", "batch", "units", "tn_packed", "tn_mixed", "tn_blas")]
     + [(Arch(I, H, 1, True, True, O), "packed")],
     ids=lambda v: v if isinstance(v, str) else v.id)
 def test_gradients_on_every_kernel_path(arch, kernel_path, rng, monkeypatch):
@@ -304,16 +304,18 @@ def test_gradients_on_every_kernel_path(arch, kernel_path, rng, monkeypatch):
     (beyond _lstm.SMALL_N sequences), and with it one direction split
     across two threads, by sequences or by units (forward; backward halves
     the sequences in both); the weight gradients of many units, on
-    gemm_tn_packed (tn_packed) or BLAS (tn_blas), halved too."""
+    gemm_tn_packed (tn_packed; tn_mixed: dW_h only) or BLAS (tn_blas),
+    halved too."""
     import lstmx
     import lstmx.lstm as lstm_module
     # every weight gradient is wider than TN_MAX_COLS = 0: on gemm_tn_packed
-    # from one row of C (tn_packed, also each half's), or on BLAS (tn_blas)
-    tn_limits = {"tn_packed": (0, 1), "tn_blas": (0, 2**40)}.get(kernel_path)
+    # from one row of C (tn_packed, also each half's), or on BLAS (tn_blas);
+    # or dW_x (I = 3 columns) on gemm_tn and dW_h (H = 4) packed (tn_mixed)
+    tn_limits = {"tn_packed": (0, 1), "tn_mixed": (I, 1), "tn_blas": (0, 2**40)}.get(kernel_path)
     if tn_limits:
         monkeypatch.setattr(lstm_module, "BACKWARD_SPLIT_MIN_FLOPS", 0)
         tn_limits = lstmx._lstm._set_tn_limits(*tn_limits)
-    if kernel_path not in ("packed", "tn_packed", "tn_blas"):
+    if kernel_path not in ("packed", "tn_packed", "tn_mixed", "tn_blas"):
         monkeypatch.setattr(lstm_module, "SPLIT_MIN_BATCH", 1)
         monkeypatch.setattr(lstm_module, "BACKWARD_SPLIT_MIN_FLOPS", 0)
     if kernel_path == "units":
