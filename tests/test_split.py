@@ -659,6 +659,38 @@ def test_packed_weight_gradients_of_two_operands_at_once(dtype, rng):
             np.testing.assert_array_equal(c, alone, err_msg=f"M={M} K={K} Nc={b.shape[1]}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_weights_job_gives_gemm_tns_bits_on_every_path(dtype, rng):
+    """lstm_backward_weights' dW_x and dW_h on gemm_tn (narrow, the
+    default here), on gemm_tn_packed (both in one call, or dW_h alone) or
+    on BLAS, as _set_tn_limits picks: gemm_tn's bits from the packed paths,
+    results as close from BLAS (whose bits at these sizes happen to be the
+    same: this checks the results of each path, not which one ran)."""
+    T, N, I, H = 40, 5, 5, 6
+    x = rng.standard_normal((T, N, I)).astype(dtype)
+    w_x = rng.standard_normal((4 * H, I)).astype(dtype)
+    h_prev = rng.standard_normal((T, N, H)).astype(dtype)
+    dgates = rng.standard_normal((T, N, 4 * H)).astype(dtype)
+    empty = np.empty((0, 0, 0), dtype)
+
+    def weights(limits):
+        old = lstmx._lstm._set_tn_limits(*limits)
+        try:
+            dw_x, dw_h = np.empty((4 * H, I), dtype), np.empty((4 * H, H), dtype)
+            lstmx._lstm.lstm_backward_weights(x, w_x, h_prev, dgates, dw_x, dw_h, empty, False)
+        finally:
+            lstmx._lstm._set_tn_limits(*old)
+        return dw_x, dw_h
+
+    narrow = weights((64, 256))
+    for limits in ((0, 1), (I, 1)):          # both packed; dW_h alone
+        for got, want in zip(weights(limits), narrow):
+            np.testing.assert_array_equal(got, want, err_msg=str(limits))
+    for got, want in zip(weights((0, 2**40)), narrow):
+        np.testing.assert_allclose(got, want, rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                   atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
 def test_weight_gradient_gemm_refuses_bad_shapes():
     a = np.zeros((5, 3), np.float32)
     with pytest.raises(ValueError, match="a \\(K, M\\)"):

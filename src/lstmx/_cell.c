@@ -670,7 +670,30 @@ static inline void row_##SFX(ptrdiff_t K, const int np, const int mr,         \
  * B[k][m] = W[m sm + k sk]: sm = ldw, sk = 1 packs B = W^T for W (M, K)
  * (forward: rec = h W_h^T); sm = 1, sk = ldw packs B = W for W (K, M)
  * (backward: dh = da W_h). */
-#define LSTMX_PACK(T, SFX, LANES)                                             \
+/* Row k of a block into tiles of w columns, kc rows each: the n values of
+ * src go to dst[t w kc + c] for column t w + c (dst at row k's place in
+ * the first tile), zeros past n in the last tile. A row is read whole and
+ * in order: a tile at a time, each row's few values came from a line of
+ * their own (gemm_tn_packed's A, rows 5 KB apart: a fifth of its samples,
+ * each read waiting on memory). */
+#define LSTMX_PACK_ROW(T, SFX)                                                \
+static inline LSTMX_INLINE void lstmx_pack_row_##SFX(ptrdiff_t n,             \
+                                                     ptrdiff_t w,             \
+                                                     ptrdiff_t kc,            \
+                                                     const T *restrict src,   \
+                                                     T *restrict dst)         \
+{                                                                             \
+    ptrdiff_t j = 0;                                                          \
+    for (; j + w <= n; j += w, dst += w * kc)                                 \
+        memcpy(dst, src + j, w * sizeof(T));                                  \
+    for (ptrdiff_t c = 0; j < n && c < w; c++)                                \
+        dst[c] = j + c < n ? src[j + c] : 0;                                  \
+}
+LSTMX_PACK_ROW(float, f32)
+LSTMX_PACK_ROW(double, f64)
+
+/* (TS: T's suffix, for lstmx_pack_row) */
+#define LSTMX_PACK(T, SFX, TS, LANES)                                         \
 static ptrdiff_t packed_size_##SFX(ptrdiff_t M, ptrdiff_t K)                  \
 {                                                                             \
     return (M + 2 * LANES - 1) / (2 * LANES) * 2 * LANES * K;                 \
@@ -680,6 +703,11 @@ static void pack_##SFX(ptrdiff_t M, ptrdiff_t K, const T *W, ptrdiff_t sm,    \
                         ptrdiff_t sk, T *P)                                   \
 {                                                                             \
     const ptrdiff_t NR = 2 * LANES;                                           \
+    if (sm == 1) {   /* B's rows are W's: a row of k at a time */             \
+        for (ptrdiff_t k = 0; k < K; k++)                                     \
+            lstmx_pack_row_##TS(M, NR, K, W + k * sk, P + k * NR);            \
+        return;                                                               \
+    }                                                                         \
     for (ptrdiff_t j0 = 0; j0 < M; j0 += NR, P += NR * K)                     \
         for (ptrdiff_t k = 0; k < K; k++)                                     \
             for (ptrdiff_t c = 0; c < NR; c++)                                \
@@ -740,8 +768,9 @@ static ATTR void gemv_packed_##SFX##V(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,  \
 }
 
 /* C (N, M), rows ldc apart, = A (N, K), rows lda apart, times the B packed
- * in P. Column panels outside, row tiles inside: a panel (NR K values,
- * 20 KB at K = 320 in float32) stays in L1 while every row tile reads it. */
+ * in P. Blocks of rows outside (see below), then column panels, then row
+ * tiles: a panel (NR K values, 20 KB at K = 320 in float32) stays in L1
+ * while every row tile of a block reads it. */
 #define LSTMX_GEMM_ROWS_BYTES (1 << 20)
 #define LSTMX_GEMM_PACKED(T, SFX, LANES, MR, V, ATTR)                         \
 static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
@@ -838,16 +867,15 @@ static ATTR void gemm_tn_##SFX##V(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,     \
  * rows of k, B's columns are packed into panels of NR (read from L2
  * after), then for each MC columns of A, A's block into tiles of MR
  * columns, Ap[t][k][r] = A[k][m0 + t MR + r], read by the register tile
- * from L1 (both packed by lstmx_pack_row, a row of k at a time); C
- * carries each sum from block to block, so every C[m][j] is still summed
- * over k = 0, 1, ..., K-1 in order: gemm_tn's bits, and the
- * same whichever rows of C a thread computes. work: lstmx_gemm_tn_work
- * of the operands' columns in all. float32, one core, the other running the same, GFLOP/s (M =
- * 1280, K = 3200): Nc = 640 gemm_tn 93, blocks of A in place 140, packed
- * 165; Nc = 320 99/142/165; scipy's sgemm 140-152 (see _lstm.pyx's
- * TN_PACKED_MIN_ROWS for the run in turn). KC = 640 against 256-1024, MC
- * = 256 against 64-512: within 2% of the best of those tried, at Nc =
- * 320-960. */
+ * from L1 (both a row of k at a time: lstmx_pack_row); C carries each sum
+ * from block to block, so every C[m][j] is still summed over k = 0, 1,
+ * ..., K-1 in order: gemm_tn's bits, and the same whichever rows of C a
+ * thread computes. work: lstmx_gemm_tn_work of the operands' columns in
+ * all. float32, one core, the other running the same, GFLOP/s (M = 1280,
+ * K = 3200): Nc = 640 gemm_tn 93, blocks of A in place 140, packed 165;
+ * Nc = 320 99/142/165 (BLAS: see _lstm.pyx's TN_PACKED_MIN_ROWS). KC =
+ * 640 against 256-1024, MC = 256 against 64-512: within 2% of the best of
+ * those tried, at Nc = 320-960. */
 #define LSTMX_TN_KC 640
 #define LSTMX_TN_MC 256
 #if defined(__GNUC__)
@@ -855,25 +883,6 @@ static ATTR void gemm_tn_##SFX##V(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,     \
 #else
 #define LSTMX_PREFETCH(p) ((void)0)   /* MSVC: none */
 #endif
-
-/* Row k of a block into tiles of w columns, kc rows each: the n values of
- * src go to dst[t w kc + c] for column t w + c (dst at row k's place in
- * the first tile), zeros past n in the last tile. */
-#define LSTMX_PACK_ROW(T, SFX)                                                \
-static inline LSTMX_INLINE void lstmx_pack_row_##SFX(ptrdiff_t n,             \
-                                                     ptrdiff_t w,             \
-                                                     ptrdiff_t kc,            \
-                                                     const T *restrict src,   \
-                                                     T *restrict dst)         \
-{                                                                             \
-    ptrdiff_t j = 0;                                                          \
-    for (; j + w <= n; j += w, dst += w * kc)                                 \
-        memcpy(dst, src + j, w * sizeof(T));                                  \
-    for (ptrdiff_t c = 0; j < n && c < w; c++)                                \
-        dst[c] = j + c < n ? src[j + c] : 0;                                  \
-}
-LSTMX_PACK_ROW(float, f32)
-LSTMX_PACK_ROW(double, f64)
 
 /* C_b (M, Nc[b]) = A^T B_b for the nb (1 or 2) operands B_b (K, Nc[b]),
  * rows ldb[b] apart, into C_b, rows ldc[b] apart: A's blocks packed once
@@ -893,19 +902,15 @@ static ATTR void gemm_tn_packed_##SFX##V(ptrdiff_t M, ptrdiff_t K,            \
     for (int b = 0; b < nb; b++) {                                            \
         Bp[b] = Ap;                                                           \
         Ap += (Nc[b] + LSTMX_NR_MAX) * LSTMX_TN_KC;                           \
-        for (ptrdiff_t m = 0; m < M && K == 0; m++)                           \
-            memset(C[b] + m * ldc[b], 0, Nc[b] * sizeof(T));                  \
     }                                                                         \
+    if (K == 0)                                                               \
+        for (int b = 0; b < nb; b++)                                          \
+            for (ptrdiff_t m = 0; m < M; m++)                                 \
+                memset(C[b] + m * ldc[b], 0, Nc[b] * sizeof(T));              \
     for (ptrdiff_t k0 = 0; k0 < K; k0 += LSTMX_TN_KC) {                       \
         const ptrdiff_t kc = K - k0 < LSTMX_TN_KC ? K - k0 : LSTMX_TN_KC;     \
-        /* all packed a row of k at a time: the rows are read whole, in       \
-         * order (a tile at a time, each k's few values came from a line of   \
-         * their own, 5 KB from the last: the packing of A was a fifth of     \
-         * the samples, each read waiting on memory) */                       \
         for (int b = 0; b < nb; b++)                                          \
-            for (ptrdiff_t k = 0; k < kc; k++)                                \
-                lstmx_pack_row_##TS(Nc[b], NR, kc, B[b] + (k0 + k) * ldb[b],  \
-                                    Bp[b] + k * NR);                          \
+            pack_##SFX(Nc[b], kc, B[b] + k0 * ldb[b], 1, ldb[b], Bp[b]);      \
         for (ptrdiff_t m0 = 0; m0 < M; m0 += LSTMX_TN_MC) {                   \
             const ptrdiff_t mc = M - m0 < LSTMX_TN_MC ? M - m0 : LSTMX_TN_MC; \
             for (ptrdiff_t k = 0; k < kc; k++) {                              \
@@ -932,8 +937,8 @@ static ATTR void gemm_tn_packed_##SFX##V(ptrdiff_t M, ptrdiff_t K,            \
 
 LSTMX_GEMM_TILE(float, f32, 8)
 LSTMX_GEMM_TILE(double, f64, 4)
-LSTMX_PACK(float, f32, 8)
-LSTMX_PACK(double, f64, 4)
+LSTMX_PACK(float, f32, f32, 8)
+LSTMX_PACK(double, f64, f64, 4)
 
 /* ---- softmax cross-entropy of rows (losses.py) -------------------------- */
 
@@ -1398,8 +1403,8 @@ typedef double vec_f64z __attribute__((vector_size(64)));
 #define load_f64z(p) LSTMX_LOAD(vec_f64z, p)
 LSTMX_GEMM_TILE(float, f32z, 16)
 LSTMX_GEMM_TILE(double, f64z, 8)
-LSTMX_PACK(float, f32z, 16)
-LSTMX_PACK(double, f64z, 8)
+LSTMX_PACK(float, f32z, f32, 16)
+LSTMX_PACK(double, f64z, f64, 8)
 LSTMX_GEMV_PACKED(float, f32z, 16, _512, LSTMX_512)
 LSTMX_GEMV_PACKED(double, f64z, 8, _512, LSTMX_512)
 LSTMX_GEMM_PACKED(float, f32z, 16, LSTMX_MR_512, _512, LSTMX_512)
@@ -1547,15 +1552,8 @@ void lstmx_gemm_tn_packed_##SFX(ptrdiff_t M, ptrdiff_t K, const T *A,        \
                                 const ptrdiff_t *ldb, const ptrdiff_t *Nc,    \
                                 T *const *C, const ptrdiff_t *ldc, T *work)   \
 {                                                                             \
-    /* the narrow panels where gemm_tn takes them (either build gives the     \
-     * same bits) */                                                          \
-    if (Nc[0] <= 64 / (ptrdiff_t)sizeof(T)                                    \
-        && (nb == 1 || Nc[1] <= 64 / (ptrdiff_t)sizeof(T)))                   \
-        LSTMX_PICK(gemm_tn_packed_##SFX)(M, K, A, lda, nb, B, ldb, Nc, C,     \
-                                         ldc, work);                          \
-    else                                                                      \
-        LSTMX_PICK_WIDE(gemm_tn_packed_##SFX, gemm_tn_packed_##SFX##z)(       \
-            M, K, A, lda, nb, B, ldb, Nc, C, ldc, work);                      \
+    LSTMX_PICK_WIDE(gemm_tn_packed_##SFX, gemm_tn_packed_##SFX##z)(           \
+        M, K, A, lda, nb, B, ldb, Nc, C, ldc, work);                          \
 }                                                                             \
                                                                               \
 void lstmx_gemv_packed_##SFX(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,           \

@@ -329,12 +329,13 @@ cdef inline void _gemv_packed(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
 # 1.05, (640, 320) 1.27. Wider ones run on gemm_tn_packed, which packs both
 # operands a block at a time, when A has at least TN_PACKED_MIN_ROWS
 # columns (rows of C) and the caller has its work; else on BLAS, which
-# copies both too. float32, seed_train's second layer
-# (K = 3200 rows, M = 1280, I = 640), dW_x and dW_h of a direction through
-# lstm_backward_weights, each core running one, builds installed side by
-# side and run in turn: 51-52 ms against sgemm's 56-57 (first layer, I =
-# 360: 38-39 against 42-43). float64, the same, I = 640: 73-77 GFLOP/s
-# against dgemm's 68-69. The head's dW_fc (M = O) stays with BLAS.
+# copies both too. seed_train's second layer (K = 3200 rows, M = 1280, I =
+# 640), dW_x and dW_h of a direction through lstm_backward_weights, each
+# core running one, builds installed side by side and run in turn: float32
+# 51-52 ms against sgemm's 56-57 (first layer, I = 360: 38-39 against
+# 42-43), and 47.0-48.5 once dW_x and dW_h shared the packing of dA
+# (against 49.3-50.9 unshared); float64 103-104 ms against dgemm's
+# 114-115. The head's dW_fc (M = O) stays with BLAS.
 cdef Py_ssize_t TN_MAX_COLS = 64
 cdef Py_ssize_t TN_PACKED_MIN_ROWS = 256
 
@@ -611,7 +612,10 @@ cdef struct _Args:
 cdef class Job:
     """One kernel call, checked and ready: run() runs it (the GIL
     released); run_pair(a, b) runs two at once."""
-    cdef _Args args       # args.owned (owned_x): a packed W_h (W_x), freed with the job
+    # args.owned, owned_x: blocks from _alloc, freed with the job: a packed
+    # W_h and W_x (a forward's, a pipe's), or the packed W_x of dX and
+    # gemm_tn_packed's work (a weights job's)
+    cdef _Args args
     cdef object keep      # the arrays that args point into
 
     def __dealloc__(self):
@@ -1171,23 +1175,23 @@ cdef void _weights(int R, int I, int G, int H, int part, int nparts,
     cdef int g0 = <int>_share(G, part, nparts), g1 = <int>_share(G, part + 1, nparts)
     cdef int r0 = <int>_share(R, part, nparts), r1 = <int>_share(R, part + 1, nparts)
     cdef floating beta = 1.0 if accumulate_dx else 0.0
-    cdef bint packs_x = work != NULL and _tn_packs(g1 - g0, I)
-    cdef bint packs_h = work != NULL and _tn_packs(g1 - g0, H)
     cdef const floating* B[2]
     cdef floating* C[2]
     cdef Py_ssize_t ldb[2]
     cdef Py_ssize_t Nc[2]
     cdef int nb = 0
-    if g1 > g0 and packs_x:
-        B[nb], C[nb], ldb[nb], Nc[nb] = x, dw_x + <Py_ssize_t>g0 * I, I, I
-        nb += 1
-    elif g1 > g0:
-        _weight_grad(g1 - g0, I, R, dgates + g0, G, x, I, dw_x + <Py_ssize_t>g0 * I, I)
-    if g1 > g0 and packs_h:
-        B[nb], C[nb], ldb[nb], Nc[nb] = h_prev_all, dw_h + <Py_ssize_t>g0 * H, H, H
-        nb += 1
-    elif g1 > g0:
-        _weight_grad(g1 - g0, H, R, dgates + g0, G, h_prev_all, H, dw_h + <Py_ssize_t>g0 * H, H)
+    if g1 > g0:
+        if work != NULL and _tn_packs(g1 - g0, I):
+            B[nb], C[nb], ldb[nb], Nc[nb] = x, dw_x + <Py_ssize_t>g0 * I, I, I
+            nb += 1
+        else:
+            _weight_grad(g1 - g0, I, R, dgates + g0, G, x, I, dw_x + <Py_ssize_t>g0 * I, I)
+        if work != NULL and _tn_packs(g1 - g0, H):
+            B[nb], C[nb], ldb[nb], Nc[nb] = h_prev_all, dw_h + <Py_ssize_t>g0 * H, H, H
+            nb += 1
+        else:
+            _weight_grad(g1 - g0, H, R, dgates + g0, G, h_prev_all, H,
+                         dw_h + <Py_ssize_t>g0 * H, H)
     if nb:
         # dW's rows ldc apart are as many as its columns (ldc = Nc)
         _gemm_tn_packed(g1 - g0, R, dgates + g0, G, nb, B, ldb, Nc, C, Nc, work)
@@ -1285,6 +1289,7 @@ cdef void _run_typed(_Args* a, floating* like) noexcept nogil:
                   <floating*>a.rec, <floating*>a.dh_rec, <floating*>a.owned,
                   a.n0, a.n1)
     elif a.kind == _WEIGHTS:
+        # (dX's packed W_x in owned, gemm_tn_packed's work in owned_x)
         _weights(<int>a.R, <int>a.I, <int>a.G, <int>a.H, a.part, a.nparts,
                  <const floating*>a.x, <const floating*>a.w_x,
                  <const floating*>a.h_prev_all, <const floating*>a.dgates,

@@ -277,9 +277,10 @@ class _Pool:
         """A zeroed array of like's shape, for the caller to keep (backward's
         gradients): one given out before, if the caller has let go of it and
         of every view of it (nothing else refers to it), else a new one. A
-        new array of 32 MB or more comes from mmap, and the kernel zeroes
-        its pages as they are first written: the float64 seed network's
-        gradients (34 MB) took 4% of seed_train's samples in clear_page."""
+        new array above glibc's largest mmap threshold (32 MB) is mmapped
+        afresh, and the kernel zeroes its pages as they are first written:
+        the float64 seed network's gradients (34 MB) took 4% of
+        seed_train's samples in clear_page."""
         with self.lock:
             for arr in self._handed if _UNREFERENCED else ():
                 if sys.getrefcount(arr) == _UNREFERENCED and arr.shape == like.shape:
@@ -774,9 +775,9 @@ class LSTM:
                 # one direction of many sequences: each thread projects
                 # half of the steps, then runs half of the sequences
                 # ("batch") or, meeting the other at every step, half of
-                # the units ("units"; projected by rows: a part's columns
-                # of each gate, one GEMM a gate block, copied all of X
-                # for BLAS four times)
+                # the units ("units"; projected by rows rather than by a
+                # part's columns of each gate, one GEMM a gate block, each
+                # of which copied all of X for BLAS)
                 w_x, projected = self._packed[layer][0], record[0][0]
                 if T > 1:
                     _pair(_lstm.lstm_project(inp[:T // 2], w_x, projected[:T // 2], defer=True),
