@@ -698,3 +698,134 @@ def test_weight_gradient_gemm_refuses_bad_shapes():
     with pytest.raises(ValueError, match="adjacent"):
         lstmx._lstm._gemm_tn_test(a, np.zeros((5, 4), np.float32)[:, ::2],
                                   np.zeros((3, 2), np.float32))
+
+
+def _forward_kernel(net, x, lengths, reverse, training, state, **kw):
+    """lstm_forward of net's first slot on one thread from state (h0, c0)
+    (1, N, H): (out, h, c, gates and, when training, c_all and
+    h_prev_all)."""
+    T, N, _ = x.shape
+    H, dt = net.hidden_size, net.dtype
+    w_x, w_h, bias, peep = net._kernel_params(0)
+    h_buf, c = np.zeros((2, N, H), dt), state[1][0].copy()
+    h_buf[0] = state[0][0]
+    out, gates = np.zeros((T, N, H), dt), np.zeros((T, N, 4 * H), dt)
+    record = [np.zeros((T, N, H), dt) if training else np.empty((0, 0, 0), dt)
+              for _ in range(2)]
+    lstmx._lstm.lstm_forward(x, w_x, w_h, bias, peep, lengths, reverse, h_buf, c, out, 0,
+                             gates, *record, np.zeros((N, 4 * H), dt), **kw)
+    return (out, h_buf[T % 2], c, gates, *record)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fw", "bw"])
+@pytest.mark.parametrize("training", [False, True], ids=["infer", "train"])
+def test_projection_by_step_gives_the_bits_of_projection_by_rows(dtype, reverse, training,
+                                                                 rng):
+    """A forward that projects its inputs as the steps come, in blocks of
+    any number of steps (a last block partial, one block of all steps, one
+    larger than T), gives the bits of the packed projection of all rows
+    first (project_whole); and a job on some of the sequences, a step at a
+    time, their rows of it."""
+    T, N, I, H = 7, 5, 6, 19
+    net = Arch(I, H, peephole=True).make(dtype=dtype, seed=5)
+    x = random_x(rng, T, N, I).astype(dtype)
+    lengths = np.full(N, T, np.intc)
+    if not reverse:
+        lengths[1:3] = (4, 1)
+    state = random_state(rng, net, N)
+    want = _forward_kernel(net, x, lengths, reverse, training, state, project_whole=True)
+    if not reverse:   # (the reference's reverse is a second direction's)
+        y_ref, _ = run_reference(net, x, lengths, state)
+        tol = 2e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(want[0], y_ref, rtol=0, atol=tol)
+    for by_step in (1, 2, 3, T, T + 4):
+        got = _forward_kernel(net, x, lengths, reverse, training, state, by_step=by_step)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b, err_msg=f"by_step={by_step}")
+    for n0, n1 in ((0, 2), (2, 5)):
+        got = _forward_kernel(net, x, lengths, reverse, training, state, by_step=1, n0=n0,
+                              n1=n1)
+        for a, b in zip(got, want):
+            if a.ndim == 3:    # (T, N, ...); h and c are (N, H)
+                a, b = a[:, n0:n1], b[:, n0:n1]
+            else:
+                a, b = a[n0:n1], b[n0:n1]
+            np.testing.assert_array_equal(a, b, err_msg=f"sequences {n0}:{n1}")
+
+
+def test_projection_by_step_refuses_what_it_cannot_run():
+    """by_step needs x; reverse only when every sequence has all T steps
+    (a block of steps is then a block of rows); not with the pipe or
+    project_whole; a range of sequences projects a step at a time."""
+    args = list(_tiny_forward_args(T=3, N=2))
+    rest = args[6:]
+    x, w_x, w_h, bias, peep, lengths = args[:6]
+    run = lstmx._lstm.lstm_forward
+    with pytest.raises(ValueError, match="by_step"):
+        run(x, w_x, w_h, bias, peep, lengths, *rest, by_step=-1)
+    with pytest.raises(ValueError, match="by_step"):
+        run(np.zeros((0, 0, 0)), w_x, w_h, bias, peep, lengths, *rest, by_step=1)
+    with pytest.raises(ValueError, match="by_step"):
+        run(x, w_x, w_h, bias, peep, lengths, *rest, project_whole=True, by_step=1)
+    ragged = np.array([3, 2], np.intc)
+    with pytest.raises(ValueError, match="by_step"):
+        run(x, w_x, w_h, bias, peep, ragged, True, *rest[1:], by_step=1)
+    run(x, w_x, w_h, bias, peep, ragged, False, *rest[1:], by_step=2)     # forwards: runs
+    run(x, w_x, w_h, bias, peep, lengths, True, *rest[1:], by_step=2)     # all of T: runs
+    with pytest.raises(ValueError, match="n0, n1"):
+        run(x, w_x, w_h, bias, peep, lengths, *rest, n0=1, by_step=2)
+    run(x, w_x, w_h, bias, peep, lengths, *rest, n0=1, by_step=1)
+
+
+def test_which_runs_project_by_step(monkeypatch):
+    """LSTM._by_step: a single sequence never; split by units, from
+    BY_STEP_UNITS_MIN_N sequences, blocks of about BY_STEP_ROWS rows; else a
+    step at a time while W_x and W_h packed fit half of L2."""
+    monkeypatch.setattr(lstm_module, "l2_cache_bytes", lambda: 2 << 20)
+    small = Arch(16, 64).make(dtype=np.float32, seed=1)
+    assert small._by_step("units", 1, 16) == small._by_step(None, 1, 16) == 0
+    assert small._by_step("units", 63, 16) == 0
+    assert small._by_step("units", 64, 16) == 4 and small._by_step("units", 300, 16) == 1
+    for split in ("batch", None):
+        assert small._by_step(split, 2, 16) == 1
+        # 4 * 64 * (I + 64) * 4 bytes: 1 MB at I = 960
+        assert small._by_step(split, 2, 960) == 1 and small._by_step(split, 2, 961) == 0
+    monkeypatch.setattr(lstm_module, "l2_cache_bytes", lambda: 512 << 10)
+    assert small._by_step("batch", 2, 192) == 1 and small._by_step("batch", 2, 193) == 0
+    monkeypatch.setattr(lstm_module, "l2_cache_bytes", lambda: None)   # BY_STEP_MAX_BYTES
+    assert small._by_step("batch", 2, 960) == 1 and small._by_step("batch", 2, 961) == 0
+
+
+@needs_split
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_units_split_projecting_by_step(dtype, rng, monkeypatch):
+    """Split by units with blocks of projection (BY_STEP_UNITS_MIN_N
+    lowered): the same bits whatever the block (one step, several, a last
+    partial one), close to one thread and to the reference."""
+    N, T = 6, 7
+    net = Arch(6, 64, num_layers=2, bidirectional=False, peephole=True, output_size=3).make(
+        dtype=dtype, seed=7)
+    monkeypatch.setattr(lstm_module, "SPLIT_BATCH_MAX_BYTES", 0)
+    monkeypatch.setattr(lstm_module, "BY_STEP_UNITS_MIN_N", 1)
+    assert net._split(N) == "units"
+    x = random_x(rng, T, N, 6).astype(dtype)
+    state = random_state(rng, net, N)
+    lengths = rng.integers(1, T + 1, N)
+    results = []
+    for rows in (N, 4 * N, 100 * N):
+        monkeypatch.setattr(lstm_module, "BY_STEP_ROWS", rows)
+        assert net._by_step("units", N, 6) == rows // N
+        results.append(_run(net, x, lengths, state))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+    y_ref, (h_ref, c_ref) = run_reference(net, x, lengths, state)
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    for got, want in zip(results[0][:3], (y_ref, h_ref, c_ref)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+    monkeypatch.setattr(lstm_module, "BY_STEP_UNITS_MIN_N", 1 << 30)
+    assert net._by_step("units", N, 6) == 0
+    for a, b in zip(results[0], _run(net, x, lengths, state)):
+        np.testing.assert_allclose(a, b, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                   atol=1e-5 if dtype == np.float32 else 1e-12)

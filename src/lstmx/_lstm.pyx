@@ -575,6 +575,7 @@ cdef struct _Args:
     bint reverse
     bint flag
     Py_ssize_t T, N, I, H, R, G, u0, u1, n0, n1, ld
+    Py_ssize_t by_step    # a forward's steps per block of projection, or 0
     int part, nparts
     const int* lengths
     int* barrier
@@ -724,7 +725,7 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
                    floating* gates, floating* c_all, floating* h_prev_all,
                    floating* rec, floating* w_pack, int* barrier,
                    int part, int nparts, Py_ssize_t n0, Py_ssize_t n1,
-                   floating* w_x_pack, int* pipe) noexcept nogil:
+                   floating* w_x_pack, int* pipe, Py_ssize_t by_step) noexcept nogil:
     """The recurrence of one direction of one layer over T steps, for the
     units u0 <= j < u1 of H: one of ``nparts`` threads that share it.
 
@@ -754,6 +755,17 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     thread projects meanwhile (_pipe): step s waits until pipe[0] > s rows
     are projected, and pipe[1] counts the steps run, raised every PIPE_ROWS
     steps and at the end (the other thread's head follows it).
+
+    by_step > 0 (x given; reverse only when every length is T): the
+    projection is computed as the
+    steps come instead, by_step steps at a time (one at a time when n0..n1
+    is not all sequences: only their rows), this part's columns, on the
+    packed GEMM over this part's columns of W_x packed in w_x_pack (room for
+    4 _packed_size(u1 - u0, I)). A block's gates are still in cache when its
+    cells read them, where a projection of all T N rows first sends them to
+    memory and back (BLAS also zeroes and copies them). The packed GEMM sums
+    each element in the same order whatever its rows and columns: the bits
+    of w_x_pack's projection by rows.
     """
     cdef Py_ssize_t G = 4 * H, nu = u1 - u0, Nb = n1 - n0
     cdef int projected = 0
@@ -764,7 +776,14 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     cdef bint whole = u0 == 0 and u1 == H
     cdef int sense = 0
     cdef Py_ssize_t seg = _packed_size(nu, H, w_h)   # one gate block's
-    if x != NULL and w_x_pack == NULL:
+    cdef Py_ssize_t seg_x = _packed_size(nu, I, w_h), rows, k
+    if x != NULL and by_step:
+        if whole:
+            _pack(G, I, w_x, I, 1, w_x_pack)
+        else:
+            for g in range(4):
+                _pack(nu, I, w_x + (g * H + u0) * I, I, 1, w_x_pack + g * seg_x)
+    elif x != NULL and w_x_pack == NULL:
         _project(T * N, I, H, u0, u1, x, w_x, gates)
     elif x != NULL:
         _pack(G, I, w_x, I, 1, w_x_pack)
@@ -806,6 +825,22 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
                 else:
                     _gemm_packed(N, nu, H, cur, H, w_pack + gb * seg,
                                  rec + gb * H + u0, G, s % 2)
+        if by_step and x != NULL and s % by_step == 0:
+            # the input projection of this block of steps (this part's
+            # columns, these sequences' rows), W_x's panels backwards every
+            # other block as W_h's; reverse, the block's first step is its
+            # last in time
+            k = 1 if Nb < N else min(by_step, T - s)
+            r0 = ((T - s - k) if reverse else s) * N + n0
+            rows = Nb if Nb < N else k * N
+            if whole:
+                _gemm_packed(rows, G, I, x + r0 * I, I, w_x_pack, gates + r0 * G, G,
+                             s // by_step % 2)
+            else:
+                for g in range(4):
+                    gb = 3 - g if s // by_step % 2 else g
+                    _gemm_packed(rows, nu, I, x + r0 * I, I, w_x_pack + gb * seg_x,
+                                 gates + r0 * G + gb * H + u0, G, s // by_step % 2)
         for n in range(n0, n1):
             if s >= lengths[n]:
                 # finished: the final state is carried into the other half
@@ -859,7 +894,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
                  floating[:, :, ::1] h_prev_all, floating[:, ::1] rec,
                  int part=0, int nparts=1, int[::1] barrier=None,
                  Py_ssize_t n0=0, Py_ssize_t n1=-1, bint project_whole=False,
-                 int[::1] pipe=None, bint defer=False):
+                 int[::1] pipe=None, Py_ssize_t by_step=0, bint defer=False):
     """Run the recurrence of one direction of one layer; see ``_forward``.
 
     x (T, N, I), or empty (0, 0, 0) when gates already holds the input
@@ -880,7 +915,13 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
 
     Or, with nparts == 1, run only the sequences n0 <= n < n1 (n1 = -1: to
     N): threads given disjoint ranges run at once without waiting for each
-    other. x must then be empty (project first, with ``lstm_project``).
+    other. x must then be empty (project first, with ``lstm_project``), or
+    given with by_step = 1.
+
+    With by_step > 0 (x given, no pipe, not project_whole, and reverse only
+    when every sequence has T steps), the input projection is computed as
+    the steps come, by_step steps at a time (see _forward), with
+    project_whole's bits.
 
     Or, for one sequence forwards (N == 1, nparts == 1, not reverse, x
     empty), with ``pipe`` (2,) int32 zeroed and shared with an
@@ -912,8 +953,15 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     u1 = _unit_bound(H, part + 1, nparts, sizeof(floating))
     if n1 < 0:
         n1 = N
-    if not (0 <= n0 < n1 <= N) or ((n0 or n1 != N) and (nparts > 1 or x_p != NULL)):
-        raise ValueError("n0, n1: a range of sequences, with nparts == 1 and x empty")
+    if by_step < 0 or by_step and (x_p == NULL or pipe is not None or project_whole
+                                   or reverse and any(l != T for l in lengths)):
+        raise ValueError("by_step: steps per block of projection (0: none), for x given, "
+                         "without pipe or project_whole, and reverse only with every "
+                         "length T")
+    if not (0 <= n0 < n1 <= N) or ((n0 or n1 != N) and (nparts > 1 or x_p != NULL
+                                                        and by_step != 1)):
+        raise ValueError("n0, n1: a range of sequences, with nparts == 1 and x empty "
+                         "or by_step = 1")
     nseq = n1 - n0 if nparts == 1 else N
     if nseq > SMALL_N or (nseq == SMALL_N == 1
                           and packs_one_row(4 * (u1 - u0), H, sizeof(floating))):
@@ -923,6 +971,9 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     job.args.reverse = reverse
     if project_whole and x_p != NULL:
         job.args.owned_x = _alloc(_packed_size(4 * H, I, &w_h[0, 0]), &w_h[0, 0])
+    elif by_step:
+        job.args.owned_x = _alloc(4 * _packed_size(u1 - u0, I, &w_h[0, 0]), &w_h[0, 0])
+    job.args.by_step = by_step
     job.args.x = <void*>x_p
     job.args.w_x = <void*>&w_x[0, 0]
     job.args.w_h = <void*>&w_h[0, 0]
@@ -1272,7 +1323,8 @@ cdef void _run_typed(_Args* a, floating* like) noexcept nogil:
                  a.reverse, <floating*>a.h_buf, <floating*>a.c, <floating*>a.out,
                  a.ld, <floating*>a.gates, <floating*>a.c_all,
                  <floating*>a.h_prev_all, <floating*>a.rec, <floating*>a.owned,
-                 a.barrier, a.part, a.nparts, a.n0, a.n1, <floating*>a.owned_x, a.pipe)
+                 a.barrier, a.part, a.nparts, a.n0, a.n1, <floating*>a.owned_x, a.pipe,
+                 a.by_step)
     elif a.kind == _PIPE:
         # (O in R, w_fc in w_h, b_fc in bias, y in dx)
         _pipe(a.T, a.I, a.H, a.R, <const floating*>a.x, <const floating*>a.w_x,

@@ -96,6 +96,13 @@ BACKWARD_SPLIT_MIN_FLOPS = 256 * 1024
 # 400x64x44 23/36, 52/74; 1600x64x44 71/134, 189/292; 200x640x44 98/170,
 # 255/369. (The earlier 1M had not been measured.)
 HEAD_SPLIT_MIN_MACS = 1 << 19
+# A forward run on several sequences projects its inputs as the steps come
+# (see LSTM._by_step): split by units, from this many sequences, about this
+# many rows at a time; else a step at a time where W_x and W_h packed take
+# at most half of L2 (or this many bytes).
+BY_STEP_UNITS_MIN_N = 64
+BY_STEP_ROWS = 256
+BY_STEP_MAX_BYTES = 1 << 20
 
 
 class _Slot:
@@ -643,6 +650,29 @@ class LSTM:
         return (self.num_directions == 1 and N >= SPLIT_MIN_BATCH
                 and w_h_bytes > min(SPLIT_BATCH_MAX_BYTES, l2))
 
+    def _by_step(self, split, N, I):
+        """Steps per block of the input projection (I features) that each
+        job of a forward run of a layer on N sequences, split this way (see
+        _split), computes as its steps come, or 0: the projection of all
+        steps comes first (and, for a single sequence, is pipelined or
+        shared as before).
+
+        Split by units, from BY_STEP_UNITS_MIN_N sequences, each thread
+        projects its units' columns of about BY_STEP_ROWS rows at a time,
+        which its cells then read from cache, where a projection of all
+        steps sends the gates (52 MB in big_infer) to memory and back.
+        Otherwise a job runs all units of its sequences (half of the batch,
+        a direction, or all) and projects them a step at a time with all
+        of W_x, where W_x and W_h, packed, take at most half of a core's L2
+        (BY_STEP_MAX_BYTES where Linux does not tell its size): it reads
+        both at every step."""
+        if N == 1:
+            return 0
+        if split == "units":
+            return max(1, BY_STEP_ROWS // N) if N >= BY_STEP_UNITS_MIN_N else 0
+        limit = (l2_cache_bytes() or 2 * BY_STEP_MAX_BYTES) // 2
+        return int(4 * self.hidden_size * (I + self.hidden_size) * self.dtype.itemsize <= limit)
+
     def _split_head(self, R, threads=None):
         """Whether the head's products over R rows (forward: y = h W^T + b;
         backward: dh, dW, db) are halved between two threads (see
@@ -758,20 +788,30 @@ class LSTM:
                 h_buf[d][0] = h[layer * D + d]
 
             def job(d, thread, part=0, nparts=1, barrier=None, n0=0, n1=-1, pipe=None,
-                    projected=False, layer=layer, inp=inp, out=out, record=record):
+                    projected=False, by_step=0, layer=layer, inp=inp, out=out,
+                    record=record):
                 # direction d on thread `thread`: all of it, its units' part
                 # `part` of `nparts`, or its sequences n0..n1-1; projected:
                 # the gates hold the projection already, or (with pipe) an
-                # lstm_pipe job computes it at the same time
+                # lstm_pipe job computes it at the same time; by_step: the
+                # job projects by_step steps at a time as it goes
                 k = layer * D + d
                 w_x, w_h, bias, peep = self._kernel_params(k)
                 x_in = empty if projected else inp
                 return _lstm.lstm_forward(x_in, w_x, w_h, bias, peep, lengths, d == 1, h_buf[d],
                                           c[k], out, d * H, *record[d], rec[thread], part,
                                           nparts, barrier, n0, n1, project_whole=chosen,
-                                          pipe=pipe, defer=True)
+                                          pipe=pipe, by_step=by_step, defer=True)
 
-            if split == "batch" or (split == "units" and N > 1):
+            by_step = self._by_step(split, N, inp.shape[2])
+            if by_step and split == "batch":
+                _pair(job(0, 0, n0=0, n1=N // 2, by_step=1),
+                      job(0, 1, n0=N // 2, n1=N, by_step=1), threads)
+            elif by_step and split == "units":
+                barrier = np.zeros(2, np.intc)
+                _pair(job(0, 0, 0, 2, barrier, by_step=by_step),
+                      job(0, 1, 1, 2, barrier, by_step=by_step), threads)
+            elif split == "batch" or (split == "units" and N > 1):
                 # one direction of many sequences: each thread projects
                 # half of the steps, then runs half of the sequences
                 # ("batch") or, meeting the other at every step, half of
@@ -800,7 +840,8 @@ class LSTM:
                     _pair(job(d, 0, 0, 2, barrier), job(d, 1, 1, 2, barrier), threads)
             elif D == 2:
                 # the directions at once, on two threads (see _threads)
-                _pair(job(0, 0), job(1, 1), threads)
+                _pair(job(0, 0, by_step=by_step), job(1, 1, by_step=0 if ragged else by_step),
+                      threads)
             elif pipelined:
                 pipe = np.zeros(2, np.intc)
                 head = ()
@@ -811,7 +852,7 @@ class LSTM:
                       _lstm.lstm_pipe(inp, self._packed[layer][0], record[0][0], pipe, out,
                                       *head, defer=True), threads)
             else:
-                job(0, 0).run()
+                job(0, 0, by_step=by_step).run()
             for d in range(D):
                 h[layer * D + d] = h_buf[d][T % 2]
             layers.append((inp, record))
