@@ -1070,15 +1070,17 @@ LSTMX_KERNELS(_fma, LSTMX_FMA)
  * Operands are ordered so that a NaN input gives NaN. VI (VU): V's lanes
  * as signed (unsigned) integers. */
 #define LSTMX_SPLAT(V, v) ((V){0} + (v))
-#define LSTMX_VEC_ACTIVATIONS_F32(V, VI, ACT, INLINE, MAX, MIN)               \
+/* p 2^n, n a float32 integer in [-126, 127]: its exponent bits */
+#define LSTMX_EXP_SCALE(V, VI, p, n)                                          \
+    ((p) * (V)((__builtin_convertvector(n, VI) + 127) << 23))
+#define LSTMX_VEC_ACTIVATIONS_F32(V, VI, ACT, INLINE, MAX, MIN, SCALE)        \
 static INLINE V exp_##ACT(V x)                                                \
 {                                                                             \
     x = MAX(LSTMX_SPLAT(V, -87.0f), x);   /* NaN: x */                        \
     x = MIN(LSTMX_SPLAT(V, 88.0f), x);                                        \
     V p = LSTMX_SPLAT(V, 1.0f / 5040.0f);                                     \
     LSTMX_EXP_REDUCE(V, x, n, p)                                              \
-    VI bits = (__builtin_convertvector(n, VI) + 127) << 23;                   \
-    return p * (V)bits;                                                       \
+    return SCALE(V, VI, p, n);                                                \
 }                                                                             \
                                                                               \
 static INLINE V sigmoid_##ACT(V x)                                            \
@@ -1103,16 +1105,19 @@ static INLINE V tanh_##ACT(V x)                                               \
     return (V)((t & magnitude) | ((VI)x & ~magnitude));  /* copysign */       \
 }
 
-#define LSTMX_VEC_ACTIVATIONS_F64(V, VI, VU, ACT, INLINE, MAX, MIN)           \
+/* p 2^n for the n in t's low bits (see exp_f64), 2^n in two halves */
+#define LSTMX_EXP64_SCALE(V, VI, VU, p, t, nd)                                \
+    ({ VI n_ = (VI)(t) - (VI)LSTMX_SPLAT(V, LSTMX_EXP64_MAGIC);               \
+       VI n1_ = LSTMX_HALF_N(VI, VU, n_);                                     \
+       (p) * (V)((n1_ + 1023) << 52) * (V)((n_ - n1_ + 1023) << 52); })
+#define LSTMX_VEC_ACTIVATIONS_F64(V, VI, VU, ACT, INLINE, MAX, MIN, SCALE)    \
 static INLINE V exp_##ACT(V x)                                                \
 {                                                                             \
     x = MAX(LSTMX_SPLAT(V, -746.0), x);   /* NaN: x */                        \
     x = MIN(LSTMX_SPLAT(V, 710.0), x);                                        \
     V p = LSTMX_SPLAT(V, 1.0 / 6227020800.0);                                 \
     LSTMX_EXP64_REDUCE(V, x, t, p)                                            \
-    VI n = (VI)t - (VI)LSTMX_SPLAT(V, LSTMX_EXP64_MAGIC);                     \
-    VI n1 = LSTMX_HALF_N(VI, VU, n);                                          \
-    return p * (V)((n1 + 1023) << 52) * (V)((n - n1 + 1023) << 52);           \
+    return SCALE(V, VI, VU, p, t, nd);                                        \
 }                                                                             \
                                                                               \
 static INLINE V sigmoid_##ACT(V x)                                            \
@@ -1147,9 +1152,9 @@ typedef uint64_t vec_u64 __attribute__((vector_size(32)));
 #define LSTMX_MAX_V4(a, b) ((vec_f64)_mm256_max_pd((__m256d)(a), (__m256d)(b)))
 #define LSTMX_MIN_V4(a, b) ((vec_f64)_mm256_min_pd((__m256d)(a), (__m256d)(b)))
 LSTMX_VEC_ACTIVATIONS_F32(vec_f32, vec_i32, v8, LSTMX_FMA_INLINE, LSTMX_MAX_V8,
-                          LSTMX_MIN_V8)
+                          LSTMX_MIN_V8, LSTMX_EXP_SCALE)
 LSTMX_VEC_ACTIVATIONS_F64(vec_f64, vec_i64, vec_u64, v4, LSTMX_FMA_INLINE, LSTMX_MAX_V4,
-                          LSTMX_MIN_V4)
+                          LSTMX_MIN_V4, LSTMX_EXP64_SCALE)
 
 /* The cell forward and the activations' test hook on LANES units at a
  * time, the scalar loop past the last LANES (the lanes give its bits).
@@ -1422,10 +1427,17 @@ typedef uint64_t vec_u64z __attribute__((vector_size(64)));
 #define LSTMX_MIN_V16(a, b) ((vec_f32z)_mm512_min_ps((__m512)(a), (__m512)(b)))
 #define LSTMX_MAX_W8(a, b) ((vec_f64z)_mm512_max_pd((__m512d)(a), (__m512d)(b)))
 #define LSTMX_MIN_W8(a, b) ((vec_f64z)_mm512_min_pd((__m512d)(a), (__m512d)(b)))
+#define LSTMX_EXP_SCALEF(V, VI, p, n)                                         \
+    ((V)_mm512_scalef_ps((__m512)(p), (__m512)(n)))
 LSTMX_VEC_ACTIVATIONS_F32(vec_f32z, vec_i32z, v16, LSTMX_512_INLINE, LSTMX_MAX_V16,
-                          LSTMX_MIN_V16)
+                          LSTMX_MIN_V16, LSTMX_EXP_SCALEF)
+/* p 2^n by vscalefpd: one instruction where the halves take eight, with
+ * their bits (exact but where the result is subnormal, there rounded once
+ * as theirs) */
+#define LSTMX_EXP64_SCALEF(V, VI, VU, p, t, nd)                               \
+    ((V)_mm512_scalef_pd((__m512d)(p), (__m512d)(nd)))
 LSTMX_VEC_ACTIVATIONS_F64(vec_f64z, vec_i64z, vec_u64z, w8, LSTMX_512_INLINE,
-                          LSTMX_MAX_W8, LSTMX_MIN_W8)
+                          LSTMX_MAX_W8, LSTMX_MIN_W8, LSTMX_EXP64_SCALEF)
 #define store_f32z(p, v) LSTMX_STORE(p, v)
 #define store_f64z(p, v) LSTMX_STORE(p, v)
 
