@@ -288,3 +288,43 @@ def test_backwards_steps_give_the_same_bits(dtype, hidden, threads, monkeypatch)
         lstmx.set_num_threads(old_threads)
     for a, b in zip(zigzag, forwards):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_a_unit_has_the_same_bits_in_the_lanes_and_in_the_scalar_loop(dtype, rng):
+    """The cell runs its units a vector of lanes at a time (in blocks of 64
+    from 64 units) and the last H % lanes one by one: a unit whose weights,
+    bias, peepholes and state are unit 0's gives unit 0's bits, in a lane
+    or one by one (c_t = f c_prev + i g once fused its products differently
+    in the two); and so do its gradients."""
+    target = lstmx._lstm.kernel_target()
+    lanes = {"avx512": 16, "avx2+fma": 8}.get(target, 1) // (2 if dtype == np.float64 else 1)
+    for H in (2 * lanes + 1, 64 + 1):
+        net = lstmx.LSTM(7, H, peephole=True, dtype=dtype, seed=2)
+        w_x, w_h, bias, peep = net._kernel_params(0)
+        copy = H - 1          # the last unit: one by one
+        w_h[:, copy] = w_h[:, 0]      # h_{t-1}'s units 0 and copy alike
+        for g in range(4):
+            w_x[g * H + copy] = w_x[g * H]
+            w_h[g * H + copy] = w_h[g * H]
+            bias[g * H + copy] = bias[g * H]
+        for p in range(3):
+            peep[p * H + copy] = 2.0 * rng.standard_normal()
+            peep[p * H] = peep[p * H + copy]
+        x = (3.0 * rng.standard_normal((60, 2, 7))).astype(dtype)
+        h0, c0 = (rng.standard_normal((1, 2, H)).astype(dtype) for _ in range(2))
+        h0[..., copy], c0[..., copy] = h0[..., 0], c0[..., 0]
+        y, (h, c) = net.predict(x, state=(h0, c0), return_state=True)
+        assert np.abs(y[..., 0]).max() > 0.1
+        np.testing.assert_array_equal(y[..., copy], y[..., 0], err_msg=f"H={H}")
+        np.testing.assert_array_equal(c[..., copy], c[..., 0], err_msg=f"H={H}")
+        # and backward's cell, the compiler's vectorized loop and its tail
+        y, cache = net.forward(x, state=(h0, c0))
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dy[..., copy] = dy[..., 0]
+        grads = net.backward(dy, cache)
+        for name, d in zip(("dW_x", "dW_h", "dbias"), net._slots[0].packed(grads.flat)):
+            d = d.reshape(4, H, -1)
+            np.testing.assert_array_equal(d[:, copy], d[:, 0], err_msg=f"{name} H={H}")
+        dpeep = net._slots[0].packed(grads.flat)[3].reshape(3, H)
+        np.testing.assert_array_equal(dpeep[:, copy], dpeep[:, 0], err_msg=f"dpeep H={H}")
