@@ -700,21 +700,21 @@ def test_weight_gradient_gemm_refuses_bad_shapes():
                                   np.zeros((3, 2), np.float32))
 
 
-def _forward_kernel(net, x, lengths, reverse, training, state, **kw):
+def _forward_kernel(net, x, lengths, reverse, training, state, gate_steps=None, **kw):
     """lstm_forward of net's first slot on one thread from state (h0, c0)
-    (1, N, H): (out, h, c, gates and, when training, c_all and
-    h_prev_all)."""
+    (1, N, H), with gates of gate_steps steps (T): (out, h, c and, when
+    training, gates, c_all and h_prev_all)."""
     T, N, _ = x.shape
     H, dt = net.hidden_size, net.dtype
     w_x, w_h, bias, peep = net._kernel_params(0)
     h_buf, c = np.zeros((2, N, H), dt), state[1][0].copy()
     h_buf[0] = state[0][0]
-    out, gates = np.zeros((T, N, H), dt), np.zeros((T, N, 4 * H), dt)
+    out, gates = np.zeros((T, N, H), dt), np.zeros((gate_steps or T, N, 4 * H), dt)
     record = [np.zeros((T, N, H), dt) if training else np.empty((0, 0, 0), dt)
               for _ in range(2)]
     lstmx._lstm.lstm_forward(x, w_x, w_h, bias, peep, lengths, reverse, h_buf, c, out, 0,
                              gates, *record, np.zeros((N, 4 * H), dt), **kw)
-    return (out, h_buf[T % 2], c, gates, *record)
+    return (out, h_buf[T % 2], c) + ((gates, *record) if training else ())
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -726,7 +726,8 @@ def test_projection_by_step_gives_the_bits_of_projection_by_rows(dtype, reverse,
     any number of steps (a last block partial, one block of all steps, one
     larger than T), gives the bits of the packed projection of all rows
     first (project_whole); and a job on some of the sequences, a step at a
-    time, their rows of it."""
+    time, their rows of it. For inference, with gates of a block of steps
+    only (ring), the same."""
     T, N, I, H = 7, 5, 6, 19
     net = Arch(I, H, peephole=True).make(dtype=dtype, seed=5)
     x = random_x(rng, T, N, I).astype(dtype)
@@ -743,9 +744,15 @@ def test_projection_by_step_gives_the_bits_of_projection_by_rows(dtype, reverse,
         got = _forward_kernel(net, x, lengths, reverse, training, state, by_step=by_step)
         for a, b in zip(got, want):
             np.testing.assert_array_equal(a, b, err_msg=f"by_step={by_step}")
+        if not training:
+            got = _forward_kernel(net, x, lengths, reverse, training, state,
+                                  min(by_step, T), by_step=by_step, ring=True)
+            for a, b in zip(got, want):
+                np.testing.assert_array_equal(a, b, err_msg=f"ring, by_step={by_step}")
     for n0, n1 in ((0, 2), (2, 5)):
+        ring = {} if training else {"gate_steps": 1, "ring": True}
         got = _forward_kernel(net, x, lengths, reverse, training, state, by_step=1, n0=n0,
-                              n1=n1)
+                              n1=n1, **ring)
         for a, b in zip(got, want):
             if a.ndim == 3:    # (T, N, ...); h and c are (N, H)
                 a, b = a[:, n0:n1], b[:, n0:n1]
@@ -776,6 +783,19 @@ def test_projection_by_step_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="n0, n1"):
         run(x, w_x, w_h, bias, peep, lengths, *rest, n0=1, by_step=2)
     run(x, w_x, w_h, bias, peep, lengths, *rest, n0=1, by_step=1)
+    # ring: inference by step, gates of a block of steps at least
+    with pytest.raises(ValueError, match="ring"):
+        run(x, w_x, w_h, bias, peep, lengths, *rest, ring=True)
+    short = list(rest)
+    short[5] = np.zeros((1, 2, 16))
+    with pytest.raises(ValueError, match="ring"):
+        run(x, w_x, w_h, bias, peep, lengths, *short, by_step=2, ring=True)
+    run(x, w_x, w_h, bias, peep, lengths, *short, by_step=1, ring=True)
+    training = list(rest)
+    training[6:8] = np.zeros((3, 2, 4)), np.zeros((3, 2, 4))
+    run(x, w_x, w_h, bias, peep, lengths, *training, by_step=1)
+    with pytest.raises(ValueError, match="ring"):
+        run(x, w_x, w_h, bias, peep, lengths, *training, by_step=1, ring=True)
 
 
 def test_which_runs_project_by_step(monkeypatch):

@@ -576,6 +576,7 @@ cdef struct _Args:
     bint flag
     Py_ssize_t T, N, I, H, R, G, u0, u1, n0, n1, ld
     Py_ssize_t by_step    # a forward's steps per block of projection, or 0
+    bint ring             # and its gates hold a block's rows only
     int part, nparts
     const int* lengths
     int* barrier
@@ -725,7 +726,8 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
                    floating* gates, floating* c_all, floating* h_prev_all,
                    floating* rec, floating* w_pack, int* barrier,
                    int part, int nparts, Py_ssize_t n0, Py_ssize_t n1,
-                   floating* w_x_pack, int* pipe, Py_ssize_t by_step) noexcept nogil:
+                   floating* w_x_pack, int* pipe, Py_ssize_t by_step,
+                   bint ring) noexcept nogil:
     """The recurrence of one direction of one layer over T steps, for the
     units u0 <= j < u1 of H: one of ``nparts`` threads that share it.
 
@@ -765,7 +767,9 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     cells read them, where a projection of all T N rows first sends them to
     memory and back (BLAS also zeroes and copies them). The packed GEMM sums
     each element in the same order whatever its rows and columns: the bits
-    of w_x_pack's projection by rows.
+    of w_x_pack's projection by rows. With ring (inference), gates holds a
+    block's rows only (by_step steps of N rows): each block is projected to
+    its start, and a step's cells read their rows there.
     """
     cdef Py_ssize_t G = 4 * H, nu = u1 - u0, Nb = n1 - n0
     cdef int projected = 0
@@ -776,7 +780,8 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     cdef bint whole = u0 == 0 and u1 == H
     cdef int sense = 0
     cdef Py_ssize_t seg = _packed_size(nu, H, w_h)   # one gate block's
-    cdef Py_ssize_t seg_x = _packed_size(nu, I, w_h), rows, k
+    cdef Py_ssize_t seg_x = _packed_size(nu, I, w_h), rows, k, gr
+    cdef Py_ssize_t tb = 0      # the time of the block's first rows (ring)
     if x != NULL and by_step:
         if whole:
             _pack(G, I, w_x, I, 1, w_x_pack)
@@ -831,16 +836,18 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
             # other block as W_h's; reverse, the block's first step is its
             # last in time
             k = 1 if Nb < N else min(by_step, T - s)
-            r0 = ((T - s - k) if reverse else s) * N + n0
+            tb = (T - s - k) if reverse else s
+            r0 = tb * N + n0
+            gr = n0 if ring else r0       # where its rows go in gates
             rows = Nb if Nb < N else k * N
             if whole:
-                _gemm_packed(rows, G, I, x + r0 * I, I, w_x_pack, gates + r0 * G, G,
+                _gemm_packed(rows, G, I, x + r0 * I, I, w_x_pack, gates + gr * G, G,
                              s // by_step % 2)
             else:
                 for g in range(4):
                     gb = 3 - g if s // by_step % 2 else g
                     _gemm_packed(rows, nu, I, x + r0 * I, I, w_x_pack + gb * seg_x,
-                                 gates + r0 * G + gb * H + u0, G, s // by_step % 2)
+                                 gates + gr * G + gb * H + u0, G, s // by_step % 2)
         for n in range(n0, n1):
             if s >= lengths[n]:
                 # finished: the final state is carried into the other half
@@ -852,7 +859,8 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
             row = t * N + n
             if training:
                 memcpy(h_prev_all + row * H + u0, cur + n * H + u0, nu * sizeof(floating))
-            _cell_forward(nu, H, gates + row * G + u0, rec + n * G + u0,
+            gr = ((t - tb) * N + n) if ring else row
+            _cell_forward(nu, H, gates + gr * G + u0, rec + n * G + u0,
                           bias + u0, peep + u0, nxt + n * H + u0, c + n * H + u0,
                           out + row * ld_out + u0,
                           c_all + row * H + u0 if training else NULL, w_pack != NULL)
@@ -894,7 +902,8 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
                  floating[:, :, ::1] h_prev_all, floating[:, ::1] rec,
                  int part=0, int nparts=1, int[::1] barrier=None,
                  Py_ssize_t n0=0, Py_ssize_t n1=-1, bint project_whole=False,
-                 int[::1] pipe=None, Py_ssize_t by_step=0, bint defer=False):
+                 int[::1] pipe=None, Py_ssize_t by_step=0, bint ring=False,
+                 bint defer=False):
     """Run the recurrence of one direction of one layer; see ``_forward``.
 
     x (T, N, I), or empty (0, 0, 0) when gates already holds the input
@@ -921,7 +930,8 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     With by_step > 0 (x given, no pipe, not project_whole, and reverse only
     when every sequence has T steps), the input projection is computed as
     the steps come, by_step steps at a time (see _forward), with
-    project_whole's bits.
+    project_whole's bits. With ring too (inference), gates (by_step, N, 4H)
+    need only hold a block of steps (see _forward).
 
     Or, for one sequence forwards (N == 1, nparts == 1, not reverse, x
     empty), with ``pipe`` (2,) int32 zeroed and shared with an
@@ -930,7 +940,8 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
 
     With defer, returns the call as a Job (see run_pair) instead.
     """
-    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[1], H = w_h.shape[1]
+    cdef Py_ssize_t T = x.shape[0] if ring else gates.shape[0]
+    cdef Py_ssize_t N = gates.shape[1], H = w_h.shape[1]
     cdef Py_ssize_t I = w_x.shape[1], u0, u1
     cdef const floating* x_p = &x[0, 0, 0] if x.shape[0] else NULL
     cdef floating* c_all_p = &c_all[0, 0, 0] if c_all.shape[0] else NULL
@@ -958,6 +969,9 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
         raise ValueError("by_step: steps per block of projection (0: none), for x given, "
                          "without pipe or project_whole, and reverse only with every "
                          "length T")
+    if ring and (not by_step or c_all_p != NULL
+                 or gates.shape[0] < min(by_step, T) or x.shape[1] != N):
+        raise ValueError("ring: for inference by_step, gates (by_step, N, 4H) at least")
     if not (0 <= n0 < n1 <= N) or ((n0 or n1 != N) and (nparts > 1 or x_p != NULL
                                                         and by_step != 1)):
         raise ValueError("n0, n1: a range of sequences, with nparts == 1 and x empty "
@@ -974,6 +988,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     elif by_step:
         job.args.owned_x = _alloc(4 * _packed_size(u1 - u0, I, &w_h[0, 0]), &w_h[0, 0])
     job.args.by_step = by_step
+    job.args.ring = ring
     job.args.x = <void*>x_p
     job.args.w_x = <void*>&w_x[0, 0]
     job.args.w_h = <void*>&w_h[0, 0]
@@ -1324,7 +1339,7 @@ cdef void _run_typed(_Args* a, floating* like) noexcept nogil:
                  a.ld, <floating*>a.gates, <floating*>a.c_all,
                  <floating*>a.h_prev_all, <floating*>a.rec, <floating*>a.owned,
                  a.barrier, a.part, a.nparts, a.n0, a.n1, <floating*>a.owned_x, a.pipe,
-                 a.by_step)
+                 a.by_step, a.ring)
     elif a.kind == _PIPE:
         # (O in R, w_fc in w_h, b_fc in bias, y in dx)
         _pipe(a.T, a.I, a.H, a.R, <const floating*>a.x, <const floating*>a.w_x,
