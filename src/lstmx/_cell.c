@@ -1378,25 +1378,26 @@ static LSTMX_FMA void pack_t_f32_fma(ptrdiff_t M, ptrdiff_t K, const float *W,
                                      ptrdiff_t ldw, float *P, ptrdiff_t nr)
 {
     for (ptrdiff_t j0 = 0; j0 < M; j0 += nr, P += nr * K) {
-        ptrdiff_t rows = M - j0 < nr ? M - j0 : nr, c0 = 0;
-        for (; c0 + 8 <= rows; c0 += 8) {
-            const float *w = W + (j0 + c0) * ldw;
-            ptrdiff_t k = 0;
-            for (; k + 8 <= K; k += 8) {
+        ptrdiff_t rows = M - j0 < nr ? M - j0 : nr, c8 = rows / 8 * 8;
+        const float *w = W + j0 * ldw;
+        ptrdiff_t k = 0;
+        /* a block of 8 k of every 8 rows in turn: row k of the panel is
+         * written whole before the next */
+        for (; k + 8 <= K; k += 8)
+            for (ptrdiff_t c0 = 0; c0 < c8; c0 += 8) {
                 vec_f32 r[8];
                 for (int i = 0; i < 8; i++)
-                    r[i] = load_f32(w + i * ldw + k);
+                    r[i] = load_f32(w + (c0 + i) * ldw + k);
                 transpose8_f32(r);
                 for (int i = 0; i < 8; i++)
                     store_f32(P + (k + i) * nr + c0, r[i]);
             }
-            for (; k < K; k++)
-                for (int i = 0; i < 8; i++)
-                    P[k * nr + c0 + i] = w[i * ldw + k];
-        }
-        for (; c0 < nr; c0++)
-            for (ptrdiff_t k = 0; k < K; k++)
-                P[k * nr + c0] = c0 < rows ? W[(j0 + c0) * ldw + k] : 0;
+        for (; k < K; k++)
+            for (ptrdiff_t c0 = 0; c0 < c8; c0++)
+                P[k * nr + c0] = w[c0 * ldw + k];
+        for (ptrdiff_t c0 = c8; c0 < nr; c0++)
+            for (ptrdiff_t kk = 0; kk < K; kk++)
+                P[kk * nr + c0] = c0 < rows ? w[c0 * ldw + kk] : 0;
     }
 }
 
