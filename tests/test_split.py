@@ -849,3 +849,28 @@ def test_units_split_projecting_by_step(dtype, rng, monkeypatch):
     for a, b in zip(results[0], _run(net, x, lengths, state)):
         np.testing.assert_allclose(a, b, rtol=1e-5 if dtype == np.float32 else 1e-12,
                                    atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_a_bidirectional_sequence_projects_on_the_packed_gemm(dtype, rng, monkeypatch):
+    """One sequence, a direction a thread: each job projects its direction
+    on the packed GEMM (project_whole), in predict and in training's
+    forward alike, which agree bit for bit and with the reference."""
+    _l2_unknown(monkeypatch)
+    monkeypatch.setattr(lstm_module, "SPLIT_MIN_BYTES", 1 << 62)
+    net = Arch(6, 24, num_layers=2, bidirectional=True, peephole=True, output_size=3).make(
+        dtype=dtype, seed=4)
+    assert net._split(1) is None
+    calls = []
+    real = lstmx._lstm.lstm_forward
+    monkeypatch.setattr(lstmx._lstm, "lstm_forward",
+                        lambda *a, **k: calls.append(k["project_whole"]) or real(*a, **k))
+    x = random_x(rng, 9, 1, 6).astype(dtype)
+    state = random_state(rng, net, 1)
+    y = net.predict(x, state=state)
+    y_train, _ = net.forward(x, state=state)
+    assert calls == [True] * 8
+    np.testing.assert_array_equal(y, y_train)
+    y_ref, _ = run_reference(net, x, None, state)
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=tol)

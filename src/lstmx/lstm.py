@@ -748,6 +748,15 @@ class LSTM:
         # small_infer, best ms (one thread, split by units, pipelined):
         # 0.86-0.88, 0.69-0.76, 0.60-0.63.
         pipelined = chosen and split is None and threads == 2 and D == 1 and not training
+        # One sequence, a direction a thread: each projects its inputs on
+        # the packed GEMM as project_whole does, rather than with BLAS,
+        # which copied X for each block of W_x (sgemm_incopy 6.6% of
+        # seed_infer's samples). Median of paired blocks in one process,
+        # packed / BLAS: seed_infer 0.980, bidirectional I16 H64 T1000
+        # 0.962, I64 H128 2 layers 0.977, I256 H256 0.978; not for N = 32
+        # (seed network, training forward 0.996, predict 1.008) nor split
+        # by units (H512, 1.018).
+        project_whole = chosen or (split is None and D == 2 and N == 1)
         y = None
         pool = self._pool
         temps, kept = [], []
@@ -809,7 +818,7 @@ class LSTM:
                 x_in = empty if projected else inp
                 return _lstm.lstm_forward(x_in, w_x, w_h, bias, peep, lengths, d == 1, h_buf[d],
                                           c[k], out, d * H, *record[d], rec[thread], part,
-                                          nparts, barrier, n0, n1, project_whole=chosen,
+                                          nparts, barrier, n0, n1, project_whole=project_whole,
                                           pipe=pipe, by_step=by_step, ring=ring and by_step > 0,
                                           defer=True)
 
