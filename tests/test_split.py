@@ -783,6 +783,14 @@ def test_projection_by_step_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="n0, n1"):
         run(x, w_x, w_h, bias, peep, lengths, *rest, n0=1, by_step=2)
     run(x, w_x, w_h, bias, peep, lengths, *rest, n0=1, by_step=1)
+    # x and out of the gates' steps and sequences (x's steps with ring)
+    for bad_x in (np.zeros((2, 2, 2)), np.zeros((3, 1, 2)), np.zeros((3, 2, 3))):
+        with pytest.raises(ValueError, match="x \\(T, N, I\\)"):
+            run(bad_x, w_x, w_h, bias, peep, lengths, *rest, by_step=1)
+    bad_out = list(rest)
+    bad_out[3] = np.zeros((2, 2, 4))
+    with pytest.raises(ValueError, match="out \\(T, N"):
+        run(x, w_x, w_h, bias, peep, lengths, *bad_out)
     # ring: inference by step, gates of a block of steps at least
     with pytest.raises(ValueError, match="ring"):
         run(x, w_x, w_h, bias, peep, lengths, *rest, ring=True)

@@ -759,11 +759,10 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     steps and at the end (the other thread's head follows it).
 
     by_step > 0 (x given; reverse only when every length is T): the
-    projection is computed as the
-    steps come instead, by_step steps at a time (one at a time when n0..n1
-    is not all sequences: only their rows), this part's columns, on the
-    packed GEMM over this part's columns of W_x packed in w_x_pack (room for
-    4 _packed_size(u1 - u0, I)). A block's gates are still in cache when its
+    projection is computed as the steps come instead, by_step steps at a
+    time (one at a time when n0..n1 is not all sequences: only their rows),
+    this part's columns, on the packed GEMM over this part's columns of W_x
+    packed in w_x_pack (room for 4 _packed_size(u1 - u0, I)). A block's gates are still in cache when its
     cells read them, where a projection of all T N rows first sends them to
     memory and back (BLAS also zeroes and copies them). The packed GEMM sums
     each element in the same order whatever its rows and columns: the bits
@@ -964,6 +963,10 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     u1 = _unit_bound(H, part + 1, nparts, sizeof(floating))
     if n1 < 0:
         n1 = N
+    if x_p != NULL and (x.shape[0] != T or x.shape[1] != N or x.shape[2] != I) \
+            or out.shape[0] != T or out.shape[1] != N:
+        raise ValueError("x (T, N, I) and out (T, N, D*H) expected: T the steps of gates "
+                         "(of x with ring), N their sequences")
     if by_step < 0 or by_step and (x_p == NULL or pipe is not None or project_whole
                                    or reverse and any(l != T for l in lengths)):
         raise ValueError("by_step: steps per block of projection (0: none), for x given, "
