@@ -52,8 +52,8 @@
  * a * b + c * d, contraction fuses one product or the other as the compiler
  * sees fit, and it saw fit differently in the cell's lanes and in its
  * scalar loop: c_t of the same inputs differed in the last bit in 19% of
- * random draws (float32 and float64, AVX-512 build). With f c_prev rounded
- * here, both fuse i g into it. */
+ * random draws (float32 and float64, AVX-512 and AVX2 builds). With
+ * f c_prev rounded here, both fuse i g into it. */
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define LSTMX_ROUNDED(v) __asm__("" : "+x"(v))
 #else

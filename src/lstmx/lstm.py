@@ -769,7 +769,7 @@ class LSTM:
         # Each layer's jobs project their inputs as the steps come, or not
         # (see _by_step). When all do, and all of them forwards or over
         # sequences of T steps, inference keeps only a block of steps of
-        # gates (ring): big_infer's 52 MB of them become 1 MB.
+        # gates (ring): big_infer's 52 MB of them become 2 MB.
         by_steps = [self._by_step(split, N, self.input_size if layer == 0 else D * H)
                     for layer in range(L)]
         ring = not training and all(by_steps) and not (D == 2 and ragged)
