@@ -1119,11 +1119,11 @@ static INLINE V tanh_##ACT(V x)                                               \
     return (V)((t & magnitude) | ((VI)x & ~magnitude));  /* copysign */       \
 }
 
-/* p 2^n for the n in t's low bits (see exp_f64), 2^n in two halves */
-#define LSTMX_EXP64_SCALE(V, VI, VU, p, t, nd)                                \
-    ({ VI n_ = (VI)(t) - (VI)LSTMX_SPLAT(V, LSTMX_EXP64_MAGIC);               \
-       VI n1_ = LSTMX_HALF_N(VI, VU, n_);                                     \
-       (p) * (V)((n1_ + 1023) << 52) * (V)((n_ - n1_ + 1023) << 52); })
+/* out = p 2^n for the n in t's low bits (see exp_f64), 2^n in two halves */
+#define LSTMX_EXP64_SCALE(V, VI, VU, out, p, t, nd)                           \
+    VI n_ = (VI)(t) - (VI)LSTMX_SPLAT(V, LSTMX_EXP64_MAGIC);                  \
+    VI n1_ = LSTMX_HALF_N(VI, VU, n_);                                        \
+    out = (p) * (V)((n1_ + 1023) << 52) * (V)((n_ - n1_ + 1023) << 52);
 #define LSTMX_VEC_ACTIVATIONS_F64(V, VI, VU, ACT, INLINE, MAX, MIN, SCALE)    \
 static INLINE V exp_##ACT(V x)                                                \
 {                                                                             \
@@ -1131,7 +1131,9 @@ static INLINE V exp_##ACT(V x)                                                \
     x = MIN(LSTMX_SPLAT(V, 710.0), x);                                        \
     V p = LSTMX_SPLAT(V, 1.0 / 6227020800.0);                                 \
     LSTMX_EXP64_REDUCE(V, x, t, p)                                            \
-    return SCALE(V, VI, VU, p, t, nd);                                        \
+    V e;                                                                      \
+    SCALE(V, VI, VU, e, p, t, nd)                                             \
+    return e;                                                                 \
 }                                                                             \
                                                                               \
 static INLINE V sigmoid_##ACT(V x)                                            \
@@ -1451,8 +1453,8 @@ LSTMX_VEC_ACTIVATIONS_F32(vec_f32z, vec_i32z, v16, LSTMX_512_INLINE, LSTMX_MAX_V
 /* p 2^n by vscalefpd: one instruction where the halves take eight, with
  * their bits (exact but where the result is subnormal, there rounded once
  * as theirs) */
-#define LSTMX_EXP64_SCALEF(V, VI, VU, p, t, nd)                               \
-    ((V)_mm512_scalef_pd((__m512d)(p), (__m512d)(nd)))
+#define LSTMX_EXP64_SCALEF(V, VI, VU, out, p, t, nd)                          \
+    out = (V)_mm512_scalef_pd((__m512d)(p), (__m512d)(nd));
 LSTMX_VEC_ACTIVATIONS_F64(vec_f64z, vec_i64z, vec_u64z, w8, LSTMX_512_INLINE,
                           LSTMX_MAX_W8, LSTMX_MIN_W8, LSTMX_EXP64_SCALEF)
 #define store_f32z(p, v) LSTMX_STORE(p, v)
