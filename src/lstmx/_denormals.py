@@ -26,8 +26,6 @@ call starts. Where the CPU is not x86-64, nothing is flushed.
 """
 from . import _lstm
 
-_flush = {"float32": True, "float64": False}
-
 
 def set_flush_denormals(float32=None, float64=None):
     """Flush subnormal numbers to zero in the kernels of this dtype's runs
@@ -45,15 +43,13 @@ def set_flush_denormals(float32=None, float64=None):
     for name, value in (("float32", float32), ("float64", float64)):
         if value is not None and not isinstance(value, bool):
             raise TypeError(f"{name}: expected True, False or None, got {value!r}")
-    if float32 is not None:
-        _flush["float32"] = float32
-    if float64 is not None:
-        _flush["float64"] = float64
-    _lstm._set_flush(_flush["float32"], _flush["float64"])
+    old32, old64 = _lstm._get_flush()
+    _lstm._set_flush(old32 if float32 is None else float32,
+                     old64 if float64 is None else float64)
 
 
 def get_flush_denormals():
     """{"float32": bool, "float64": bool}: whether each dtype's runs flush
     subnormal numbers to zero (see set_flush_denormals). On a CPU other than
     x86-64 the settings are kept but nothing is flushed."""
-    return dict(_flush)
+    return dict(zip(("float32", "float64"), _lstm._get_flush()))

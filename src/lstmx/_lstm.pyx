@@ -672,6 +672,11 @@ def _set_flush(bint float32, bint float64):
     _flush_f32, _flush_f64 = float32, float64
 
 
+def _get_flush():
+    """(float32, float64): whether jobs of each dtype flush subnormals."""
+    return bool(_flush_f32), bool(_flush_f64)
+
+
 def can_flush():
     """Whether this build can flush subnormals to zero (x86-64: MXCSR)."""
     return bool(LSTMX_CAN_FLUSH)
@@ -762,11 +767,12 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     projection is computed as the steps come instead, by_step steps at a
     time (one at a time when n0..n1 is not all sequences: only their rows),
     this part's columns, on the packed GEMM over this part's columns of W_x
-    packed in w_x_pack (room for 4 _packed_size(u1 - u0, I)). A block's gates are still in cache when its
-    cells read them, where a projection of all T N rows first sends them to
-    memory and back (BLAS also zeroes and copies them). The packed GEMM sums
-    each element in the same order whatever its rows and columns: the bits
-    of w_x_pack's projection by rows. With ring (inference), gates holds a
+    packed in w_x_pack (room for 4 _packed_size(u1 - u0, I)). A block's
+    gates are still in cache when its cells read them, where a projection
+    of all T N rows first sends them to memory and back (BLAS also zeroes
+    and copies them). The packed GEMM sums each element in the same order
+    whatever its rows and columns: the bits of w_x_pack's projection by
+    rows. With ring (inference), gates holds a
     block's rows only (by_step steps of N rows): each block is projected to
     its start, and a step's cells read their rows there.
     """

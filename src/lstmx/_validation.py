@@ -110,17 +110,21 @@ def as_lengths(lengths, T, N):
     return arr, bool((arr != T).any())
 
 
-def as_state(state, name, num_states, N, H, dtype, unbatched, check_finite, zeros=np.zeros):
+def _zeros_pair(shape, dtype):
+    return np.zeros(shape, dtype), np.zeros(shape, dtype)
+
+
+def as_state(state, name, num_states, N, H, dtype, unbatched, check_finite, pair=_zeros_pair):
     """(h, c) -> two fresh C-contiguous (L*D, N, H) arrays (zeros when
-    None), made by ``zeros(shape, dtype)``."""
+    None), the two zeroed arrays that ``pair(shape, dtype)`` makes."""
     shape = (num_states, N, H)
+    fresh = pair(shape, dtype)
     if state is None:
-        return zeros(shape, dtype), zeros(shape, dtype)
+        return fresh
     expected = _shape_text((num_states, H) if unbatched else shape)
     if not isinstance(state, (tuple, list)) or len(state) != 2:
         raise ValueError(f"{name}: expected a pair (h, c) of arrays of shape {expected}")
-    out = []
-    for part, arr in zip("hc", state):
+    for part, arr, dst in zip("hc", state, fresh):
         arr = as_float_array(arr, f"{name}[{'hc'.index(part)}] ({part})", dtype, check_finite)
         want = (num_states, H) if unbatched else shape
         if arr.shape != want:
@@ -128,10 +132,8 @@ def as_state(state, name, num_states, N, H, dtype, unbatched, check_finite, zero
                 f"{name}: expected {part} of shape {expected} (layers*directions, batch, hidden), "
                 f"got {_shape_text(arr.shape)}"
             )
-        fresh = zeros(shape, dtype)
-        fresh[...] = arr.reshape(shape)
-        out.append(fresh)
-    return out[0], out[1]
+        dst[...] = arr.reshape(shape)
+    return fresh
 
 
 def check_blas_size(*sizes):

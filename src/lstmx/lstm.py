@@ -693,11 +693,8 @@ class LSTM:
         check_blas_size(T * N * widest)
         lengths, ragged = as_lengths(lengths, T, N)
         # c is written by both parts of a split: on a line
-        if state is None:
-            h, c = _aligned_zeros([(self.num_layers * D, N, H)] * 2, self.dtype)
-        else:
-            h, c = as_state(state, "state", self.num_layers * D, N, H, self.dtype, unbatched,
-                            check_finite, zeros=lambda shape, dt: _aligned_zeros([shape], dt)[0])
+        h, c = as_state(state, "state", self.num_layers * D, N, H, self.dtype, unbatched,
+                        check_finite, pair=lambda shape, dt: _aligned_zeros([shape] * 2, dt))
         return x, unbatched, lengths, ragged, h, c
 
     def _run(self, x, lengths, ragged, h, c, training):
@@ -806,7 +803,7 @@ class LSTM:
 
             def job(d, thread, part=0, nparts=1, barrier=None, n0=0, n1=-1, pipe=None,
                     projected=False, by_step=0, layer=layer, inp=inp, out=out,
-                    record=record, ring=ring):
+                    record=record):
                 # direction d on thread `thread`: all of it, its units' part
                 # `part` of `nparts`, or its sequences n0..n1-1; projected:
                 # the gates hold the projection already, or (with pipe) an
@@ -823,34 +820,31 @@ class LSTM:
                                           defer=True)
 
             by_step = by_steps[layer]
-            if by_step and split == "batch":
-                _pair(job(0, 0, n0=0, n1=N // 2, by_step=1),
-                      job(0, 1, n0=N // 2, n1=N, by_step=1), threads)
-            elif by_step and split == "units":
-                barrier = np.zeros(2, np.intc)
-                _pair(job(0, 0, 0, 2, barrier, by_step=by_step),
-                      job(0, 1, 1, 2, barrier, by_step=by_step), threads)
-            elif split == "batch" or (split == "units" and N > 1):
-                # one direction of many sequences: each thread projects
-                # half of the steps, then runs half of the sequences
-                # ("batch") or, meeting the other at every step, half of
-                # the units ("units"; projected by rows rather than by a
+            if split == "batch" or (split == "units" and N > 1):
+                # one direction of many sequences: each thread runs half of
+                # the sequences ("batch") or, meeting the other at every
+                # step, half of the units ("units"). Each projects its own
+                # as the steps come (by_step), or else each first projects
+                # half of the steps (for "units" by rows rather than by a
                 # part's columns of each gate, one GEMM a gate block, each
                 # of which copied all of X for BLAS)
-                w_x, projected = self._packed[layer][0], record[0][0]
-                if T > 1:
-                    _pair(_lstm.lstm_project(inp[:T // 2], w_x, projected[:T // 2], defer=True),
-                          _lstm.lstm_project(inp[T // 2:], w_x, projected[T // 2:], defer=True),
-                          threads)
-                else:
-                    _lstm.lstm_project(inp, w_x, projected)
+                if not by_step:
+                    w_x, projected = self._packed[layer][0], record[0][0]
+                    if T > 1:
+                        _pair(_lstm.lstm_project(inp[:T // 2], w_x, projected[:T // 2],
+                                                 defer=True),
+                              _lstm.lstm_project(inp[T // 2:], w_x, projected[T // 2:],
+                                                 defer=True), threads)
+                    else:
+                        _lstm.lstm_project(inp, w_x, projected)
+                how = {"by_step": by_step, "projected": not by_step}
                 if split == "batch":
-                    _pair(job(0, 0, n0=0, n1=N // 2, projected=True),
-                          job(0, 1, n0=N // 2, n1=N, projected=True), threads)
+                    _pair(job(0, 0, n0=0, n1=N // 2, **how),
+                          job(0, 1, n0=N // 2, n1=N, **how), threads)
                 else:
                     barrier = np.zeros(2, np.intc)
-                    _pair(job(0, 0, 0, 2, barrier, projected=True),
-                          job(0, 1, 1, 2, barrier, projected=True), threads)
+                    _pair(job(0, 0, 0, 2, barrier, **how), job(0, 1, 1, 2, barrier, **how),
+                          threads)
             elif split == "units":
                 # each direction in turn, its units halved between two
                 # threads that meet at every step (see _split_recurrence)
