@@ -1,4 +1,5 @@
-"""Subnormal numbers in backward: a loss on the last step of a long sequence.
+"""Subnormal numbers in backward (a loss on the last step of a long sequence)
+and in the optimizers (a moment that no gradient feeds).
 
     python bench/denormals.py [--seconds S] [--steps T]
 
@@ -11,6 +12,12 @@ keeping them (lstmx.set_flush_denormals), and torch.nn.LSTM's backward
 (autograd, the graph kept between calls) with torch's default and with
 torch.set_flush_denormal(True), when torch is installed. The runs alternate
 in blocks (lstmx._bench.time_blocks); times are each run's best, in ms.
+
+Then an Adam step over P = 10^6 parameters whose gradient is zero and whose
+exp_avg has decayed to subnormal numbers (as a parameter that no gradient
+reaches, e.g. the weights of an input that is always zero, after some 760
+steps in float32), against one with exp_avg 1e-3: lstmx flushing and
+keeping, and torch.optim.Adam. Each run refills exp_avg first.
 """
 import argparse
 
@@ -58,6 +65,41 @@ def torch_runs(dtype, T, rng):
     return runs
 
 
+P = 10 ** 6
+
+
+def adam_runs(dtype):
+    name = np.dtype(dtype).name
+    tiny = np.finfo(dtype).tiny
+    flat = np.ones(P, dtype)
+    grad = np.zeros(P, dtype)
+    opt = lstmx.optim.Adam(flat, lr=1e-3)
+    opt.step(grad)
+    runs = {}
+    for label, m, flush in (("1e-3", 1e-3, True), ("subnormal", tiny / 8, True),
+                            ("subnormal", tiny / 8, False)):
+        def run(m=m, flush=flush):
+            lstmx.set_flush_denormals(**{name: flush})
+            opt._state["exp_avg"][...] = m
+            opt.step(grad, check_finite=False)
+        runs[f"lstmx {'flush' if flush else 'keep'}, exp_avg {label}"] = run
+    try:
+        import torch
+    except ImportError:
+        return runs
+    p = torch.ones(P, dtype=torch.float32 if dtype == np.float32 else torch.float64,
+                   requires_grad=True)
+    p.grad = torch.zeros_like(p)
+    topt = torch.optim.Adam([p], lr=1e-3)
+    topt.step()
+    for label, m in (("1e-3", 1e-3), ("subnormal", float(tiny / 8))):
+        def run(m=m):
+            topt.state[p]["exp_avg"].fill_(m)
+            topt.step()
+        runs[f"torch, exp_avg {label}"] = run
+    return runs
+
+
 def _losses(T, dtype, rng):
     last = np.zeros((T, N, O), dtype)
     last[-1] = rng.standard_normal((N, O))
@@ -79,6 +121,11 @@ def main(argv=None):
             print(np.dtype(dtype).name)
             for name, blocks in zip(runs, bests):
                 print(f"  {name:<32}{min(blocks) * 1e3:9.2f} ms", flush=True)
+            runs = adam_runs(dtype)
+            bests = _bench.time_blocks(list(runs.values()), args.seconds, block=0.25, min_blocks=5)
+            print(f"  Adam step, P = {P}, zero gradient")
+            for name, blocks in zip(runs, bests):
+                print(f"    {name:<34}{min(blocks) * 1e3:9.2f} ms", flush=True)
     finally:
         lstmx.set_flush_denormals(**saved)
 

@@ -99,3 +99,45 @@ def test_flushing_changes_nothing_without_subnormals(dtype):
         runs.append((net.predict(x), y, net.backward(dy, cache).flat))
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
+
+
+def _optimizer(kind, flat):
+    """An optimizer of this kind whose state buffer ``name`` takes the value
+    of a subnormal moment times ``factor`` at the next step of a zero (or,
+    for Adagrad, a tiny) gradient: (optimizer, name, gradient, factor)."""
+    tiny = np.finfo(flat.dtype).tiny
+    zero = np.zeros_like(flat)
+    if kind == "sgd":
+        return lstmx.optim.SGD(flat, lr=0.1, momentum=0.5), "momentum_buffer", zero, 0.5
+    if kind == "adam":
+        return lstmx.optim.Adam(flat, lr=1e-3), "exp_avg", zero, 0.9
+    if kind == "rmsprop":
+        return lstmx.optim.RMSprop(flat, lr=1e-3, alpha=0.5), "square_avg", zero, 0.5
+    # Adagrad: state_sum += g^2, with g^2 = tiny / 4 from zero
+    return lstmx.optim.Adagrad(flat, lr=1e-3), "state_sum", np.full_like(flat, np.sqrt(tiny) / 2), 0
+
+
+@needs_flush
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("kind", ["sgd", "adam", "rmsprop", "adagrad"])
+def test_optimizers_flush_or_keep_subnormals(kind, dtype):
+    """An update follows its dtype's setting: a moment that decays (or an
+    accumulator that grows) into the subnormals becomes zero when flushing
+    and keeps its subnormal value otherwise; the caller's environment is
+    left as it was."""
+    tiny = np.finfo(dtype).tiny
+    for flush in (True, False):
+        lstmx.set_flush_denormals(**{np.dtype(dtype).name: flush})
+        flat = np.ones(37, dtype)
+        opt, name, grad, factor = _optimizer(kind, flat)
+        opt.step(grad)        # creates the state buffers
+        opt._state[name][...] = tiny / 4 if factor else 0
+        opt.step(grad)
+        state = opt._state[name]
+        if flush:
+            np.testing.assert_array_equal(state, 0)
+        else:
+            expected = (tiny / 4 * factor if factor else tiny / 4).astype(dtype)
+            assert 0 < expected < tiny
+            np.testing.assert_array_equal(state, expected)
+        assert (np.array([tiny], dtype) / dtype(10))[0] > 0     # the caller's: not flushed

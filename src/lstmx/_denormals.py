@@ -20,9 +20,11 @@ float64, the reference precision (exact to libm, subnormal results
 included), keeps them by default.
 
 The setting applies to lstmx's forward, backward, head and loss kernels,
-and to the BLAS calls they make on lstmx's threads, while they run: the
-caller's floating-point environment is left as it was. It is taken when a
-call starts. Where the CPU is not x86-64, nothing is flushed.
+and to the BLAS calls they make on lstmx's threads, while they run, and to
+the optimizers' updates (see _optim.pyx: a moment that no gradient feeds
+decays through the subnormals): the caller's floating-point environment is
+left as it was. It is taken when a call starts. Where the CPU is not
+x86-64, nothing is flushed.
 """
 from . import _lstm
 

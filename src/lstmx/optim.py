@@ -22,7 +22,7 @@ import numbers
 
 import numpy as np
 
-from . import _optim
+from . import _lstm, _optim
 from ._validation import FLOAT_DTYPES
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "clip_grad_norm"]
@@ -135,6 +135,12 @@ class Optimizer:
 
     def _check(self):
         raise NotImplementedError
+
+    def _flush(self):
+        """Whether updates flush subnormal numbers to zero: the setting of
+        the parameters' dtype (lstmx.set_flush_denormals; see _optim.pyx
+        for why)."""
+        return _lstm._get_flush()[self.flat.dtype == np.float64]
 
     def _needed(self):
         """{buffer name: initial value} of the buffers these settings use."""
@@ -279,7 +285,7 @@ class SGD(Optimizer):
     def _update(self, grad, created):
         _optim.sgd_step(self.flat, grad, self._buffer("momentum_buffer"), self.lr, self.momentum,
                         self.dampening, self.nesterov, self.weight_decay,
-                        "momentum_buffer" in created)
+                        "momentum_buffer" in created, self._flush())
 
 
 class Adam(Optimizer):
@@ -344,7 +350,7 @@ class Adam(Optimizer):
         _optim.adam_step(self.flat, grad, self._state["exp_avg"], self._state["exp_avg_sq"],
                          self._buffer("max_exp_avg_sq"), beta1, beta2, self.eps,
                          self.weight_decay, 1 - self.lr * self.weight_decay, self.decoupled,
-                         self.amsgrad, step_size, bias_correction2_sqrt)
+                         self.amsgrad, step_size, bias_correction2_sqrt, self._flush())
 
 
 class AdamW(Adam):
@@ -409,7 +415,7 @@ class RMSprop(Optimizer):
     def _update(self, grad, created):
         _optim.rmsprop_step(self.flat, grad, self._state["square_avg"], self._buffer("grad_avg"),
                             self._buffer("momentum_buffer"), self.lr, self.alpha, self.eps,
-                            self.weight_decay, self.momentum, self.centered)
+                            self.weight_decay, self.momentum, self.centered, self._flush())
 
 
 class Adagrad(Optimizer):
@@ -458,7 +464,7 @@ class Adagrad(Optimizer):
     def _update(self, grad, created):
         clr = self.lr / (1 + (float(self.step_count) - 1) * self.lr_decay)
         _optim.adagrad_step(self.flat, grad, self._state["state_sum"], clr, self.eps,
-                            self.weight_decay)
+                            self.weight_decay, self._flush())
 
 
 def clip_grad_norm(grads, max_norm, error_if_nonfinite=False):
