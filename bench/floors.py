@@ -7,16 +7,26 @@ For each workload of lstmx._bench a lower bound on its time on 2 cores:
 * every matrix product at the sgemm peak measured now (a 2048^2 sgemm on
   both cores), with no other cost;
 * for a single sequence (N=1) also the recurrence, which cannot go faster
-  than reading W_h once a step: each step's matrix-vector product over a
-  half of W_h, timed with the faster of lstmx's two kernels for it
-  (matmat, or the packed GEMM's one-row kernel) on both cores at once (each
-  core its half, as the split recurrence runs), times the number of steps.
-  At hidden 320 a half is 0.8 MB, read from L2 at its bandwidth.
+  than reading W_h once a step, timed with the faster of lstmx's two
+  kernels for one row (matmat, or the packed GEMM's one-row kernel), the
+  faster of two ways a step can run:
+  - each direction on a core of its own, reading all of W_h (4H x H; two
+    directions at once on the two cores, one direction with the other
+    core idle);
+  - each direction split over both cores, each reading half of W_h (2H x
+    H) at once, and then meeting (the two threads wait for each other, as
+    the split recurrence's parts do after every step, so that each reads
+    the other's half of h_t: lstmx's barrier with nothing else to do),
+    the directions one after the other.
+  At hidden 320 in float32 a half is 0.8 MB, read from L2 at its
+  bandwidth; at hidden 64 a half (32 KB) fits L1 and the whole (64 KB)
+  does not, and the meeting costs as much as a half's product.
 
-The activations, the barrier between the threads and everything else count
-as zero, so the bound is optimistic. Printed with lstmx's time and the
-peers' (when installed) from the same run: "floor/peer" is the best ratio
-a goal could reach on this machine, "lstmx/floor" how far lstmx is from it.
+The activations and everything else count as zero, so the bound is
+optimistic. Printed with lstmx's time and the peers' (when installed) from
+the same run: "floor/peer" is the best ratio a goal could reach on this
+machine, "lstmx/floor" how far lstmx is from it; then the per-step times
+the recurrence's floors were made of.
 """
 import argparse
 import threading
@@ -26,46 +36,67 @@ import numpy as np
 from lstmx import _bench, _lstm
 
 
-def matvec_step_seconds(hidden, seconds=0.3):
-    """Per-step time of the recurrent product of one direction split over
-    two cores: each core's product over its half of W_h (2H x H), at once,
-    with the faster of the two kernels."""
-    return min(_matvec_step_seconds(hidden, packed, seconds / 2) for packed in (False, True))
+def matvec_step_seconds(hidden, rows, threads, seconds=0.3):
+    """Per-step time of a product of one row with a (rows x hidden) W on
+    each of ``threads`` threads at once (each its own W), with the faster of
+    the two kernels."""
+    return min(_matvec_step_seconds(hidden, rows, threads, packed, seconds / 2)
+               for packed in (False, True))
 
 
-def _matvec_step_seconds(hidden, packed, seconds):
+def _matvec_step_seconds(hidden, rows, threads, packed, seconds):
     rng = np.random.default_rng(0)
-    halves = [rng.standard_normal((2 * hidden, hidden)).astype(np.float32) for _ in range(2)]
+    ws = [rng.standard_normal((rows, hidden)).astype(np.float32) for _ in range(threads)]
     x = np.ones(hidden, np.float32)
-    single = _lstm._matvec_seconds(halves[0], x, np.empty(2 * hidden, np.float32), 10, packed)
+    single = _lstm._matvec_seconds(ws[0], x, np.empty(rows, np.float32), 10, packed)
     repeats = max(10, int(seconds / max(single / 10, 1e-7) / 5))
-    best = [np.inf, np.inf]
+    best = [np.inf] * threads
 
     def run(i):
-        y = np.empty(2 * hidden, np.float32)
+        y = np.empty(rows, np.float32)
         for _ in range(5):
-            best[i] = min(best[i], _lstm._matvec_seconds(halves[i], x, y, repeats, packed)
+            best[i] = min(best[i], _lstm._matvec_seconds(ws[i], x, y, repeats, packed)
                           / repeats)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in workers:
         t.start()
-    for t in threads:
+    for t in workers:
         t.join()
     return max(best)
 
 
+def meeting_seconds():
+    """A meeting of the two parts of a split recurrence, the best of five
+    means of 20000 (inf where a recurrence cannot be split)."""
+    if not _lstm.can_split():
+        return np.inf
+    return min(_lstm._meeting_seconds(20000) for _ in range(5))
+
+
+def step_seconds(hidden, directions):
+    """(floor of a layer's step, whole, half, meeting): the faster of each
+    direction on a core of its own (all of W_h) and each split over the two
+    cores (half of W_h each, then a meeting), in seconds."""
+    whole = matvec_step_seconds(hidden, 4 * hidden, directions)
+    half = matvec_step_seconds(hidden, 2 * hidden, 2)
+    meet = meeting_seconds()
+    return min(whole, directions * (half + meet)), whole, half, meet
+
+
 def floor_seconds(w, peak_gflops):
-    """(floor, its GEMM part, its recurrence part) in seconds."""
+    """(floor, its GEMM part, its recurrence part, the step's parts or
+    None) in seconds."""
     gemm = w.flops() / (peak_gflops * 1e9)
     if w.batch != 1:
-        return gemm, gemm, 0.0
+        return gemm, gemm, 0.0, None
     # N = 1: the recurrent products are memory-bound, not flop-bound
     H, D, T = w.hidden_size, w.directions, w.steps
     recurrent_flops = w.num_layers * D * 2 * T * 4 * H * H
     gemm = (w.flops() - recurrent_flops) / (peak_gflops * 1e9)
-    recurrence = w.num_layers * D * T * matvec_step_seconds(H)
-    return gemm + recurrence, gemm, recurrence
+    step = step_seconds(H, D)
+    recurrence = w.num_layers * T * step[0]
+    return gemm + recurrence, gemm, recurrence, step
 
 
 def ms(t):
@@ -85,9 +116,12 @@ def main(argv=None):
     print(f"sgemm peak: {peak:.0f} GFLOP/s on 2 cores")
     print(f"{'workload':<13}{'floor':>9}{'gemm':>9}{'recur':>9}{'lstmx':>9}{'torch':>9}{'ort':>9}"
           f"{'floor/torch':>12}{'floor/ort':>10}{'lstmx/floor':>12}")
+    steps = {}
     for name in args.workloads:
         w = _bench.WORKLOADS[name]
-        floor, gemm, recurrence = floor_seconds(w, peak)
+        floor, gemm, recurrence, step = floor_seconds(w, peak)
+        if step:
+            steps[name] = step
         lstmx = _bench.time_min(_bench.lstmx_runner(w, False), args.seconds)
         torch = _bench.torch_runner(w)
         torch = _bench.time_min(torch, args.seconds) if torch else None
@@ -97,6 +131,10 @@ def main(argv=None):
         print(f"{name:<13}{ms(floor)}{ms(gemm)}{ms(recurrence)}{ms(lstmx)}{ms(torch)}{ms(ort)}"
               f"{ratio(floor, torch, 12)}{ratio(floor, ort, 10)}{ratio(lstmx, floor, 12)}", flush=True)
     print("ms; lstmx without peepholes (torch has none); the floor counts matrix products only")
+    for name, (best, whole, half, meet) in steps.items():
+        print(f"{name}: a step of a layer {best * 1e6:.2f} us: W_h whole on a core "
+              f"{whole * 1e6:.2f} us, half on each {half * 1e6:.2f} + meeting "
+              f"{meet * 1e6:.2f} us")
 
 
 if __name__ == "__main__":

@@ -882,3 +882,14 @@ def test_a_bidirectional_sequence_projects_on_the_packed_gemm(dtype, rng, monkey
     y_ref, _ = run_reference(net, x, None, state)
     tol = 2e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(y, y_ref, rtol=0, atol=tol)
+
+
+@pytest.mark.skipif(not lstmx._lstm.can_split(), reason="no split recurrences in this build")
+def test_meeting_hook_meets_and_refuses_nonsense():
+    """bench/floors.py's hook: two threads meet that many times (a round
+    takes some time, and the barrier is fresh for the next call)."""
+    for _ in range(2):
+        seconds = lstmx._lstm._meeting_seconds(1000)
+        assert 0 < seconds < 1e-3
+    with pytest.raises(ValueError, match="rounds >= 1"):
+        lstmx._lstm._meeting_seconds(0)

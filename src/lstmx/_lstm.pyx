@@ -17,6 +17,7 @@ The caller passes the workspaces; only a packed W_h (and, for a split single
 sequence's projection, a packed W_x) is allocated here, once per call (a
 Job's, freed with it into a cache of blocks that the next call reuses).
 """
+import array
 import ctypes
 import os
 import threading
@@ -565,7 +566,7 @@ def _gemm_tn_pair_test(const floating[:, :] a, const floating[:, :] b1, floating
 # at once.
 
 cdef enum:
-    _PROJECT, _FORWARD, _BACKWARD, _WEIGHTS, _LINEAR, _LINEAR_BACK, _SOFTMAX, _PIPE
+    _PROJECT, _FORWARD, _BACKWARD, _WEIGHTS, _LINEAR, _LINEAR_BACK, _SOFTMAX, _PIPE, _MEET
 
 cdef struct _Args:
     # the arguments of one kernel call; pointers to float or double (dbl)
@@ -1384,6 +1385,17 @@ cdef void _run_typed(_Args* a, floating* like) noexcept nogil:
         _linear_back(a.R, a.I, a.G, a.part, a.nparts, <const floating*>a.x,
                      <const floating*>a.w_x, <const floating*>a.gates,
                      <floating*>a.dx, <floating*>a.dw_x, <floating*>a.bias)
+    elif a.kind == _MEET:
+        # (rounds in T)
+        _meet(a.T, a.barrier, a.nparts)
+
+
+cdef void _meet(Py_ssize_t rounds, int* barrier, int nparts) noexcept nogil:
+    """Only the meetings of a split recurrence, one a step (_meeting_seconds)."""
+    cdef int sense = 0
+    cdef Py_ssize_t r
+    for r in range(rounds):
+        lstmx_barrier_wait(barrier, nparts, &sense)
 
 
 cdef void _run_job(void* args) noexcept nogil:
@@ -1638,8 +1650,9 @@ def _matvec_seconds(const floating[:, ::1] w, const floating[::1] x,
     """Benchmark hook (bench/floors.py): seconds taken by ``repeats``
     products y = w x with a single sequence's step kernel, the GIL
     released: _cell.c's matmat, or with packed its packed GEMM (w packed
-    once, before the clock starts). w (M, K), x (K,), y (M,). The tests use
-    it to run matmat on its own too."""
+    once, before the clock starts), its panels backwards every other
+    product as a recurrence runs them. w (M, K), x (K,), y (M,). The tests
+    use it to run matmat on its own too."""
     if x.shape[0] != w.shape[1] or y.shape[0] != w.shape[0] or repeats < 1:
         raise ValueError("w (M, K), x (K,), y (M,) and repeats >= 1 expected")
     cdef Py_ssize_t M = w.shape[0], K = w.shape[1]
@@ -1653,12 +1666,34 @@ def _matvec_seconds(const floating[:, ::1] w, const floating[::1] x,
         with nogil:
             for r in range(repeats):
                 if packed:
-                    _gemm_packed(1, M, K, &x[0], K, P, &y[0], M)
+                    _gemm_packed(1, M, K, &x[0], K, P, &y[0], M, r % 2)
                 else:
                     _matmat(M, K, &w[0, 0], 1, &x[0], K, &y[0], M)
         return time.perf_counter() - start
     finally:
         _free(P)
+
+
+def _meeting_seconds(Py_ssize_t rounds):
+    """Benchmark hook (bench/floors.py): seconds a meeting of the two parts
+    of a split recurrence takes (the barrier they wait at after every
+    step, with nothing else to do), the mean of ``rounds`` of them run by
+    two threads at once (run_pair). Two threads must be able to meet
+    (can_split())."""
+    if rounds < 1 or not can_split():
+        raise ValueError("rounds >= 1 and a build that splits a recurrence expected")
+    barrier = array.array("i", [0, 0])
+    cdef int[::1] b = barrier
+    jobs = []
+    cdef Job job
+    for part in range(2):
+        job = _new_job(_MEET, False, (barrier,), part, 2)
+        job.args.T = rounds
+        job.args.barrier = &b[0]
+        jobs.append(job)
+    start = time.perf_counter()
+    run_pair(jobs[0], jobs[1])
+    return (time.perf_counter() - start) / rounds
 
 
 def _set_tn_limits(Py_ssize_t max_cols, Py_ssize_t packed_min_rows):
