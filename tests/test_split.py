@@ -665,7 +665,7 @@ def test_weights_job_gives_gemm_tns_bits_on_every_path(dtype, rng):
     default here), on gemm_tn_packed (both in one call, or dW_h alone) or
     on BLAS, as _set_tn_limits picks: gemm_tn's bits from the packed paths,
     results as close from BLAS (whose bits at these sizes happen to be the
-    same: this checks the results of each path, not which one ran)."""
+    same); _tn_paths tells which kernels ran."""
     T, N, I, H = 40, 5, 5, 6
     x = rng.standard_normal((T, N, I)).astype(dtype)
     w_x = rng.standard_normal((4 * H, I)).astype(dtype)
@@ -673,20 +673,23 @@ def test_weights_job_gives_gemm_tns_bits_on_every_path(dtype, rng):
     dgates = rng.standard_normal((T, N, 4 * H)).astype(dtype)
     empty = np.empty((0, 0, 0), dtype)
 
-    def weights(limits):
+    def weights(limits, ran):
         old = lstmx._lstm._set_tn_limits(*limits)
+        before = lstmx._lstm._tn_paths()
         try:
             dw_x, dw_h = np.empty((4 * H, I), dtype), np.empty((4 * H, H), dtype)
             lstmx._lstm.lstm_backward_weights(x, w_x, h_prev, dgates, dw_x, dw_h, empty, False)
         finally:
             lstmx._lstm._set_tn_limits(*old)
+        # (gemm_tn, gemm_tn_packed, BLAS) gradients run by this call
+        assert tuple(np.subtract(lstmx._lstm._tn_paths(), before)) == ran, limits
         return dw_x, dw_h
 
-    narrow = weights((64, 256))
-    for limits in ((0, 1), (I, 1)):          # both packed; dW_h alone
-        for got, want in zip(weights(limits), narrow):
+    narrow = weights((64, 256), (2, 0, 0))
+    for limits, ran in (((0, 1), (0, 2, 0)), ((I, 1), (1, 1, 0))):   # both packed; dW_h
+        for got, want in zip(weights(limits, ran), narrow):
             np.testing.assert_array_equal(got, want, err_msg=str(limits))
-    for got, want in zip(weights((0, 2**40)), narrow):
+    for got, want in zip(weights((0, 2**40), (0, 0, 2)), narrow):
         np.testing.assert_allclose(got, want, rtol=1e-4 if dtype == np.float32 else 1e-12,
                                    atol=1e-4 if dtype == np.float32 else 1e-12)
 

@@ -136,6 +136,17 @@ void lstmx_activations_f32(ptrdiff_t n, const float *z, float *e, float *s,
 void lstmx_activations_f64(ptrdiff_t n, const double *z, double *e, double *s,
                            double *t);
 
+/* Add n to *c, from any thread (lstmx's test hooks tally which kernels a
+ * call ran) */
+static inline void lstmx_tally(long *c, long n)
+{
+#if defined(__GNUC__)
+    __atomic_fetch_add(c, n, __ATOMIC_RELAXED);
+#else
+    *c += n;
+#endif
+}
+
 /* Subnormal numbers flushed to zero while a kernel call runs (results
  * below the smallest normal number become zero, and such inputs read as
  * zero): FTZ and DAZ of x86-64's MXCSR, set on the calling thread by

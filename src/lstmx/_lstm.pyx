@@ -44,6 +44,7 @@ cdef extern from "_cell.h" nogil:
     int LSTMX_CAN_FLUSH
     unsigned lstmx_flush_begin(int on)
     void lstmx_flush_end(unsigned saved, int on)
+    void lstmx_tally(long* c, long n)
     void lstmx_barrier_wait(int* b, int nthreads, int* sense)
     void lstmx_count_publish(int* count, int v)
     int lstmx_count_wait(const int* count, int v)
@@ -366,6 +367,10 @@ cdef inline void _gemm_tn_packed(Py_ssize_t M, Py_ssize_t K, const floating* A,
         lstmx_gemm_tn_packed_f64(M, K, A, lda, nb, B, ldb, Nc, C, ldc, work)
 
 
+# Weight gradients run so far on gemm_tn, gemm_tn_packed and BLAS (_tn_paths)
+cdef long _tn_ran[3]
+
+
 cdef inline bint _tn_packs(Py_ssize_t M, Py_ssize_t Nc) noexcept nogil:
     """Whether a weight gradient C (M, Nc) runs on gemm_tn_packed."""
     return Nc > TN_MAX_COLS and M >= TN_PACKED_MIN_ROWS
@@ -377,8 +382,10 @@ cdef inline void _weight_grad(int M, int Nc, int K, const floating* A, int lda,
     """C (M, Nc) = A^T B, A (K, M) and B (K, Nc), rows lda, ldb, ldc apart,
     on gemm_tn or, wider than TN_MAX_COLS, BLAS."""
     if Nc <= TN_MAX_COLS:
+        lstmx_tally(&_tn_ran[0], 1)
         _gemm_tn(M, Nc, K, A, lda, B, ldb, C, ldc)
     else:
+        lstmx_tally(&_tn_ran[2], 1)
         gemm(True, False, M, Nc, K, <floating>1.0, A, lda, B, ldb, <floating>0.0, C, ldc)
 
 
@@ -1268,6 +1275,7 @@ cdef void _weights(int R, int I, int G, int H, int part, int nparts,
         else:
             _weight_grad(g1 - g0, H, R, dgates + g0, G, h_prev_all, H,
                          dw_h + <Py_ssize_t>g0 * H, H)
+    lstmx_tally(&_tn_ran[1], nb)
     if nb:
         # dW's rows ldc apart are as many as its columns (ldc = Nc)
         _gemm_tn_packed(g1 - g0, R, dgates + g0, G, nb, B, ldb, Nc, C, Nc, work)
@@ -1694,6 +1702,13 @@ def _meeting_seconds(Py_ssize_t rounds):
     start = time.perf_counter()
     run_pair(jobs[0], jobs[1])
     return (time.perf_counter() - start) / rounds
+
+
+def _tn_paths():
+    """Test hook: how many weight gradients (a layer's dW_x and dW_h, the
+    head's dW) have run on gemm_tn, gemm_tn_packed and BLAS in this
+    process, in that order."""
+    return _tn_ran[0], _tn_ran[1], _tn_ran[2]
 
 
 def _set_tn_limits(Py_ssize_t max_cols, Py_ssize_t packed_min_rows):
