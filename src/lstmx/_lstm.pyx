@@ -216,6 +216,36 @@ cdef inline Py_ssize_t _share(Py_ssize_t n, int part, int nparts) noexcept nogil
     return n * part // nparts
 
 
+cdef inline void _pack_units(Py_ssize_t H, Py_ssize_t K, Py_ssize_t u0, Py_ssize_t u1,
+                             const floating* w, floating* P) noexcept nogil:
+    """Pack, as B = w^T for _gemm_units, the rows of units u0..u1-1 of each
+    gate block of w (4H, K): all 4H rows as one B when they are all the
+    units, else each gate block's rows in turn, _packed_size(u1 - u0, K)
+    apart (room for 4 of those)."""
+    cdef Py_ssize_t g, nu = u1 - u0, seg = _packed_size(nu, K, w)
+    if nu == H:
+        _pack(4 * H, K, w, K, 1, P)
+        return
+    for g in range(4):
+        _pack(nu, K, w + (g * H + u0) * K, K, 1, P + g * seg)
+
+
+cdef inline void _gemm_units(Py_ssize_t N, Py_ssize_t H, Py_ssize_t K, Py_ssize_t u0,
+                             Py_ssize_t u1, const floating* A, const floating* P,
+                             floating* C, bint backwards) noexcept nogil:
+    """The columns of units u0..u1-1 of each gate block of C (N, 4H) = A
+    (N, K) times the B that _pack_units packed in P (rows of A K apart, of
+    C 4H): one packed GEMM when they are all the units, else one a gate
+    block, the blocks too taken backwards when backwards."""
+    cdef Py_ssize_t g, gb, nu = u1 - u0, seg = _packed_size(nu, K, A)
+    if nu == H:
+        _gemm_packed(N, 4 * H, K, A, K, P, C, 4 * H, backwards)
+        return
+    for g in range(4):
+        gb = 3 - g if backwards else g
+        _gemm_packed(N, nu, K, A, K, P + gb * seg, C + gb * H + u0, 4 * H, backwards)
+
+
 cdef inline void _matmat(Py_ssize_t M, Py_ssize_t K, const floating* W,
                          Py_ssize_t N, const floating* X, Py_ssize_t ldx,
                          floating* Y, Py_ssize_t ldy) noexcept nogil:
@@ -792,15 +822,10 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     cdef bint training = c_all != NULL
     cdef bint whole = u0 == 0 and u1 == H
     cdef int sense = 0
-    cdef Py_ssize_t seg = _packed_size(nu, H, w_h)   # one gate block's
-    cdef Py_ssize_t seg_x = _packed_size(nu, I, w_h), rows, k, gr
+    cdef Py_ssize_t rows, k, gr
     cdef Py_ssize_t tb = 0      # the time of the block's first rows (ring)
     if x != NULL and by_step:
-        if whole:
-            _pack(G, I, w_x, I, 1, w_x_pack)
-        else:
-            for g in range(4):
-                _pack(nu, I, w_x + (g * H + u0) * I, I, 1, w_x_pack + g * seg_x)
+        _pack_units(H, I, u0, u1, w_x, w_x_pack)
     elif x != NULL and w_x_pack == NULL:
         _project(T * N, I, H, u0, u1, x, w_x, gates)
     elif x != NULL:
@@ -811,11 +836,7 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
         if nparts > 1:
             lstmx_barrier_wait(barrier, nparts, &sense)
     if w_pack != NULL:
-        if whole:
-            _pack(G, H, w_h, H, 1, w_pack)
-        else:
-            for g in range(4):
-                _pack(nu, H, w_h + (g * H + u0) * H, H, 1, w_pack + g * seg)
+        _pack_units(H, H, u0, u1, w_h, w_pack)
     if training:
         # Padded rows must be zero for backward's GEMMs over all rows.
         for n in range(n0, n1):
@@ -830,19 +851,16 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
         # rec = h_{t-1} W_h^T.
         if whole and w_pack == NULL:
             _matmat_zigzag(G, H, w_h, Nb, cur + n0 * H, H, rec + n0 * G, G, s % 2)
-        elif whole:
-            _gemm_packed(Nb, G, H, cur + n0 * H, H, w_pack, rec + n0 * G, G, s % 2)
-        elif w_pack != NULL and N == 1:
+        elif w_pack != NULL and N == 1 and not whole:
             _gemv_packed(4, nu, H, cur, w_pack, rec + u0, H, s % 2)
+        elif w_pack != NULL:
+            # (a part's units run on all N sequences: n0 = 0, Nb = N)
+            _gemm_units(Nb, H, H, u0, u1, cur + n0 * H, w_pack, rec + n0 * G, s % 2)
         else:
             for g in range(4):
                 gb = 3 - g if s % 2 else g   # the gate blocks backwards too
-                if w_pack == NULL:
-                    _matmat_zigzag(nu, H, w_h + (gb * H + u0) * H, N, cur, H,
-                                   rec + gb * H + u0, G, s % 2)
-                else:
-                    _gemm_packed(N, nu, H, cur, H, w_pack + gb * seg,
-                                 rec + gb * H + u0, G, s % 2)
+                _matmat_zigzag(nu, H, w_h + (gb * H + u0) * H, N, cur, H,
+                               rec + gb * H + u0, G, s % 2)
         if by_step and x != NULL and s % by_step == 0:
             # the input projection of this block of steps (this part's
             # columns, these sequences' rows), W_x's panels backwards every
@@ -853,14 +871,8 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
             r0 = tb * N + n0
             gr = n0 if ring else r0       # where its rows go in gates
             rows = Nb if Nb < N else k * N
-            if whole:
-                _gemm_packed(rows, G, I, x + r0 * I, I, w_x_pack, gates + gr * G, G,
-                             s // by_step % 2)
-            else:
-                for g in range(4):
-                    gb = 3 - g if s // by_step % 2 else g
-                    _gemm_packed(rows, nu, I, x + r0 * I, I, w_x_pack + gb * seg_x,
-                                 gates + gr * G + gb * H + u0, G, s // by_step % 2)
+            _gemm_units(rows, H, I, u0, u1, x + r0 * I, w_x_pack, gates + gr * G,
+                        s // by_step % 2)
         for n in range(n0, n1):
             if s >= lengths[n]:
                 # finished: the final state is carried into the other half
@@ -1258,23 +1270,24 @@ cdef void _weights(int R, int I, int G, int H, int part, int nparts,
     cdef int g0 = <int>_share(G, part, nparts), g1 = <int>_share(G, part + 1, nparts)
     cdef int r0 = <int>_share(R, part, nparts), r1 = <int>_share(R, part + 1, nparts)
     cdef floating beta = 1.0 if accumulate_dx else 0.0
+    # dW_x = dA^T X and dW_h = dA^T H_prev: operand, its columns, dW
+    cdef const floating* src[2]
+    cdef floating* dst[2]
+    cdef Py_ssize_t cols[2]
+    src[0], cols[0], dst[0] = x, I, dw_x
+    src[1], cols[1], dst[1] = h_prev_all, H, dw_h
     cdef const floating* B[2]
     cdef floating* C[2]
     cdef Py_ssize_t ldb[2]
     cdef Py_ssize_t Nc[2]
-    cdef int nb = 0
-    if g1 > g0:
-        if work != NULL and _tn_packs(g1 - g0, I):
-            B[nb], C[nb], ldb[nb], Nc[nb] = x, dw_x + <Py_ssize_t>g0 * I, I, I
+    cdef int nb = 0, i
+    for i in range(2 if g1 > g0 else 0):
+        if work != NULL and _tn_packs(g1 - g0, cols[i]):
+            B[nb], C[nb], ldb[nb], Nc[nb] = src[i], dst[i] + g0 * cols[i], cols[i], cols[i]
             nb += 1
         else:
-            _weight_grad(g1 - g0, I, R, dgates + g0, G, x, I, dw_x + <Py_ssize_t>g0 * I, I)
-        if work != NULL and _tn_packs(g1 - g0, H):
-            B[nb], C[nb], ldb[nb], Nc[nb] = h_prev_all, dw_h + <Py_ssize_t>g0 * H, H, H
-            nb += 1
-        else:
-            _weight_grad(g1 - g0, H, R, dgates + g0, G, h_prev_all, H,
-                         dw_h + <Py_ssize_t>g0 * H, H)
+            _weight_grad(g1 - g0, <int>cols[i], R, dgates + g0, G, src[i], <int>cols[i],
+                         dst[i] + g0 * cols[i], <int>cols[i])
     lstmx_tally(&_tn_ran[1], nb)
     if nb:
         # dW's rows ldc apart are as many as its columns (ldc = Nc)
