@@ -161,10 +161,11 @@ def test_matmat_and_packed_gemm_agree(N, rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_packed_gemm_against_numpy(dtype, rng):
-    """The packed GEMM on every remainder of its row tiles (6 rows) and
-    column panels (16 float32 or 8 float64 columns; 32 and 16 in the
-    AVX-512 build), both packings (B = W^T is packed in 8 x 8 blocks in
-    float32, and a remainder of k)."""
+    """The packed GEMM on every remainder of its row tiles (6 rows; 8 in
+    the AVX-512 build) and column panels (16 float32 or 8 float64 columns;
+    32 and 16 in the AVX-512 build), both packings (B = W^T is packed in 8
+    x 8 blocks in float32, and a remainder of k), and turned over (A
+    packed, W's rows the tiles, stored transposed)."""
     tol = 2e-5 if dtype == np.float32 else 1e-13
     for N in (1, 2, 5, 6, 7, 8, 9, 11, 13, 14, 15, 32):
         for M in (1, 7, 8, 9, 16, 17, 32, 33, 40, 100, 200):
@@ -179,6 +180,11 @@ def test_packed_gemm_against_numpy(dtype, rng):
                 lstmx._lstm._gemm_packed_test(a, np.ascontiguousarray(w.T), False, c_cols)
                 # the same sums in the same order, whichever way B was packed
                 np.testing.assert_array_equal(c_cols, c)
+                # and with a packed instead, w read as it is, each tile of
+                # W's rows stored transposed (gemm_packed_a)
+                c_a = np.full((N, M), np.nan, dtype)
+                lstmx._lstm._gemm_packed_test(a, w, True, c_a, pack_a=True)
+                np.testing.assert_array_equal(c_a, c, err_msg=f"{N} {M} {K}")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -885,6 +891,13 @@ def test_a_bidirectional_sequence_projects_on_the_packed_gemm(dtype, rng, monkey
     y_ref, _ = run_reference(net, x, None, state)
     tol = 2e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(y, y_ref, rtol=0, atol=tol)
+    # 9 rows against W_x's 96: the rows were packed, not W_x; packing W_x
+    # gives the same bits
+    old = lstmx._lstm._set_pack_rows(False)
+    try:
+        assert np.array_equal(net.predict(x, state=state), y)
+    finally:
+        lstmx._lstm._set_pack_rows(old)
 
 
 @pytest.mark.skipif(not lstmx._lstm.can_split(), reason="no split recurrences in this build")

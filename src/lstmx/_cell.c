@@ -557,7 +557,50 @@ static inline ptrdiff_t lstmx_tile_rows(ptrdiff_t left, ptrdiff_t mr)
         hi[r] = (vec_##SFX){0};                                               \
     }
 
+/* The register tile lo[r], hi[r] (row r < mr of 2 LANES columns) stored
+ * transposed, C[c ldc + r] for c < nc, lane by lane (the AVX-512 build
+ * transposes in registers: store_t_f32z, store_t_f64z). */
+#define LSTMX_STORE_T_LANES(T, SFX, LANES)                                    \
+static inline LSTMX_INLINE void store_t_lanes_##SFX(const int mr,             \
+                                                    const vec_##SFX *lo,      \
+                                                    const vec_##SFX *hi,      \
+                                                    T *restrict C,            \
+                                                    ptrdiff_t ldc,            \
+                                                    ptrdiff_t nc)             \
+{                                                                             \
+    for (ptrdiff_t c = 0; c < nc; c++)                                        \
+        for (int r = 0; r < mr; r++)                                          \
+            C[c * ldc + r] = c < LANES ? lo[r][c] : hi[r][c - LANES];         \
+}
+LSTMX_STORE_T_LANES(float, f32, 8)
+LSTMX_STORE_T_LANES(double, f64, 4)
+#define store_t_f32 store_t_lanes_f32
+#define store_t_f64 store_t_lanes_f64
+
 #define LSTMX_GEMM_TILE(T, SFX, LANES)                                        \
+/* lo[r], hi[r] (r < mr) += sum_k A[r sr + k sk] B[k ldb + 0..2 LANES), each  \
+ * sum on over k in order (inlined: the accumulators stay in registers) */   \
+static inline LSTMX_INLINE void tile_sums_##SFX(ptrdiff_t K, const int mr,    \
+                                                const T *restrict A,          \
+                                                ptrdiff_t sr, ptrdiff_t sk,   \
+                                                const T *restrict B,          \
+                                                ptrdiff_t ldb,                \
+                                                vec_##SFX *lo, vec_##SFX *hi) \
+{                                                                             \
+    /* k four at a time (each sum still in order): one core, 384 x 512 by    \
+     * 512 x 2048, float32 55-59 -> 69-71 GFLOP/s, float64 30-38 -> 36-39 */  \
+    _Pragma("GCC unroll 4")                                                   \
+    for (ptrdiff_t k = 0; k < K; k++) {                                       \
+        vec_##SFX b0 = load_##SFX(B + k * ldb);                               \
+        vec_##SFX b1 = load_##SFX(B + k * ldb + LANES);                       \
+        for (int r = 0; r < mr; r++) {                                        \
+            T a = A[r * sr + k * sk];                                         \
+            lo[r] += b0 * a;                                                  \
+            hi[r] += b1 * a;                                                  \
+        }                                                                     \
+    }                                                                         \
+}                                                                             \
+                                                                              \
 /* C[r][0..nc) (+)= sum_k A[r sr + k sk] B[k ldb + 0..nc) for r < mr, k < K:  \
  * NR = 2 LANES columns, 2 mr accumulators (12 vector registers at mr = 6).   \
  * The sums start from zero (first) or from C, so that blocks of k carry      \
@@ -584,18 +627,7 @@ static inline LSTMX_INLINE void tile_##SFX(ptrdiff_t K, const int mr,         \
             hi[r] = load_##SFX(row + LANES);                                  \
         }                                                                     \
     }                                                                         \
-    /* k four at a time (each sum still in order): one core, 384 x 512 by    \
-     * 512 x 2048, float32 55-59 -> 69-71 GFLOP/s, float64 30-38 -> 36-39 */  \
-    _Pragma("GCC unroll 4")                                                   \
-    for (ptrdiff_t k = 0; k < K; k++) {                                       \
-        vec_##SFX b0 = load_##SFX(B + k * ldb);                               \
-        vec_##SFX b1 = load_##SFX(B + k * ldb + LANES);                       \
-        for (int r = 0; r < mr; r++) {                                        \
-            T a = A[r * sr + k * sk];                                         \
-            lo[r] += b0 * a;                                                  \
-            hi[r] += b1 * a;                                                  \
-        }                                                                     \
-    }                                                                         \
+    tile_sums_##SFX(K, mr, A, sr, sk, B, ldb, lo, hi);                        \
     for (int r = 0; r < mr; r++) {                                            \
         if (nc == 2 * LANES) {                                                \
             memcpy(C + r * ldc, &lo[r], sizeof lo[r]);                        \
@@ -652,6 +684,27 @@ static inline LSTMX_INLINE void row_##SFX(ptrdiff_t K, const int np,          \
         }                                                                     \
 }
 
+
+/* C[c ldc + r] = sum_k A[r lda + k] B[k NR + c] for r < mr, c < nc, sums
+ * from zero: tile_'s, stored transposed (gemm_packed_a: A is W, B a panel
+ * of the packed rows of X) by store_t, which the AVX-512 build writes with
+ * intrinsics: so this is built for each target, not inlined generic. */
+#define LSTMX_TILE_T(T, SFX, LANES, V, ATTR)                                  \
+static inline LSTMX_INLINE ATTR void tile_t_##SFX##V(ptrdiff_t K,             \
+                                                     const int mr,            \
+                                                     const T *restrict A,     \
+                                                     ptrdiff_t lda,           \
+                                                     const T *restrict B,     \
+                                                     T *restrict C,           \
+                                                     ptrdiff_t ldc,           \
+                                                     ptrdiff_t nc)            \
+{                                                                             \
+    vec_##SFX lo[LSTMX_MR_MAX], hi[LSTMX_MR_MAX];                             \
+    LSTMX_ZERO_ACCUMULATORS(SFX)                                              \
+    tile_sums_##SFX(K, mr, A, lda, 1, B, 2 * LANES, lo, hi);                  \
+    store_t_##SFX(mr, lo, hi, C, ldc, nc);                                    \
+}
+
 #else  /* no vector extensions: the same sums, one column at a time */
 
 #define LSTMX_GEMM_TILE(T, SFX, LANES)                                        \
@@ -676,6 +729,20 @@ static inline void row_##SFX(ptrdiff_t K, const int np, const int mr,         \
     for (int q = 0; q < np; q++)                                              \
         tile_##SFX(K, mr, A, lda, 1, P + q * 2 * LANES * K, 2 * LANES, Cq[q], \
                    ldc, nc[q], 1);                                            \
+}
+
+#define LSTMX_TILE_T(T, SFX, LANES, V, ATTR)                                  \
+static inline void tile_t_##SFX##V(ptrdiff_t K, const int mr, const T *A,     \
+                                   ptrdiff_t lda, const T *B, T *C,           \
+                                   ptrdiff_t ldc, ptrdiff_t nc)               \
+{                                                                             \
+    for (int r = 0; r < mr; r++)                                              \
+        for (ptrdiff_t j = 0; j < nc; j++) {                                  \
+            T s = 0;                                                          \
+            for (ptrdiff_t k = 0; k < K; k++)                                 \
+                s += A[r * lda + k] * B[k * 2 * LANES + j];                   \
+            C[j * ldc + r] = s;                                               \
+        }                                                                     \
 }
 
 #endif
@@ -786,6 +853,12 @@ static ATTR void gemv_packed_##SFX##V(ptrdiff_t B, ptrdiff_t M, ptrdiff_t K,  \
  * tiles: a panel (NR K values, 20 KB at K = 320 in float32) stays in L1
  * while every row tile of a block reads it. */
 #define LSTMX_GEMM_ROWS_BYTES (1 << 20)
+/* rows of K elements of size bytes in such a block: a multiple of mr */
+static inline ptrdiff_t lstmx_block_rows(ptrdiff_t K, size_t size, ptrdiff_t mr)
+{
+    ptrdiff_t rows = LSTMX_GEMM_ROWS_BYTES / (K * (ptrdiff_t)size) / mr * mr;
+    return rows < mr ? mr : rows;
+}
 #define LSTMX_GEMM_PACKED(T, SFX, LANES, MR, V, ATTR)                         \
 static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
                                       const T *restrict A, ptrdiff_t lda,     \
@@ -809,9 +882,7 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
      * dX of seed_train's second layer (3200 x 1280 by 1280 x 640), GFLOP/s: \
      * float64 64 -> 84, float32 176 -> 186; a step's few rows are one      \
      * block */                                                               \
-    ptrdiff_t mc = LSTMX_GEMM_ROWS_BYTES / (K * (ptrdiff_t)sizeof(T))         \
-                   / (MR) * (MR);                                             \
-    mc = mc < (MR) ? (MR) : mc;                                               \
+    const ptrdiff_t mc = lstmx_block_rows(K, sizeof(T), MR);                  \
     for (ptrdiff_t n0 = 0; n0 < Nt; n0 += mc) {                               \
         const ptrdiff_t n1 = Nt - n0 < mc ? Nt : n0 + mc;                     \
         for (ptrdiff_t pi = 0; pi < panels; pi++) {                           \
@@ -827,6 +898,40 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
     if (Nt < N)                                                               \
         gemv_packed_##SFX##V(1, M, K, A + Nt * lda, P, C + Nt * ldc, 0, 1, 0, \
                              0, backwards);                                   \
+}
+
+/* C (N, M), rows ldc apart, = A (N, K) W^T for W (M, K), rows ldw apart,
+ * read where it is, and A packed as gemm_packed's B (pack(N, K, A, lda,
+ * 1, Pa): A's rows as its columns). It is gemm_packed's product turned
+ * over, W's rows now the tiles' and A's the panels', each tile stored
+ * transposed: every C[n][m] is the same sum in the same order, its bits.
+ * A projection of fewer rows than W has packs them instead of W (seed_
+ * infer's single sequence, T = 200 rows of X against 1280 of W_x). One
+ * core, float32, M = 1280, N = 200, best us of 40 after evicting the
+ * caches, pack + product, packing W / packing X: K = 360 203 + 1225 /
+ * 28 + 1187-1229, K = 640 405-465 + 2114 / 70-76 + 2030-2176. The loops as
+ * gemm_packed's: blocks of W's rows that stay in L2, panels, row tiles. */
+#define LSTMX_GEMM_PACKED_A(T, SFX, LANES, MR, V, ATTR)                       \
+LSTMX_TILE_T(T, SFX, LANES, V, ATTR)                                          \
+                                                                              \
+static ATTR void gemm_packed_a_##SFX##V(ptrdiff_t N, ptrdiff_t M,             \
+                                        ptrdiff_t K, const T *restrict Pa,    \
+                                        const T *restrict W, ptrdiff_t ldw,   \
+                                        T *restrict C, ptrdiff_t ldc)         \
+{                                                                             \
+    const ptrdiff_t NR = 2 * LANES, panels = (N + NR - 1) / NR;               \
+    const ptrdiff_t mc = lstmx_block_rows(K, sizeof(T), MR);                  \
+    for (ptrdiff_t m0 = 0; m0 < M; m0 += mc) {                                \
+        const ptrdiff_t m1 = M - m0 < mc ? M : m0 + mc;                       \
+        for (ptrdiff_t pi = 0; pi < panels; pi++) {                           \
+            const ptrdiff_t n0 = pi * NR, nc = N - n0 < NR ? N - n0 : NR;     \
+            for (ptrdiff_t m = m0, mr; m < m1; m += mr) {                     \
+                mr = lstmx_tile_rows(m1 - m, MR);                             \
+                LSTMX_TILE_CALL(tile_t_##SFX##V, K, mr, W + m * ldw, ldw,     \
+                                Pa + n0 * K, C + n0 * ldc + m, ldc, nc)       \
+            }                                                                 \
+        }                                                                     \
+    }                                                                         \
 }
 
 /* Weight gradients over all of a layer's rows at once: C (M, Nc) = A^T B,
@@ -1054,6 +1159,8 @@ static ATTR void activations_##SFX##V(ptrdiff_t n, const T *restrict z,       \
     LSTMX_GEMV_PACKED(double, f64, 4, V, ATTR)                                \
     LSTMX_GEMM_PACKED(float, f32, 8, LSTMX_MR, V, ATTR)                       \
     LSTMX_GEMM_PACKED(double, f64, 4, LSTMX_MR, V, ATTR)                      \
+    LSTMX_GEMM_PACKED_A(float, f32, 8, LSTMX_MR, V, ATTR)                     \
+    LSTMX_GEMM_PACKED_A(double, f64, 4, LSTMX_MR, V, ATTR)                    \
     LSTMX_GEMM_TN(float, f32, 8, LSTMX_MR, V, ATTR)                           \
     LSTMX_GEMM_TN(double, f64, 4, LSTMX_MR, V, ATTR)                          \
     LSTMX_GEMM_TN_PACKED(float, f32, f32, 8, LSTMX_MR, V, ATTR)               \
@@ -1425,6 +1532,90 @@ typedef float vec_f32z __attribute__((vector_size(64)));
 typedef double vec_f64z __attribute__((vector_size(64)));
 #define load_f32z(p) LSTMX_LOAD(vec_f32z, p)
 #define load_f64z(p) LSTMX_LOAD(vec_f64z, p)
+
+/* gemm_packed_a's tiles of 8 rows stored transposed in registers: 8 x 16
+ * float32 (or 8 x 8 float64) at a time in three rounds of shuffles, one
+ * row of C (a column of the tile, 8 values) a store, as lane by lane
+ * (store_t_lanes) otherwise. One core, M = 1280, N = 200, K = 360, us:
+ * lane by lane 1465-1497, in registers 1187-1229, and 1225 for
+ * gemm_packed's product unturned, each after evicting the caches. */
+LSTMX_STORE_T_LANES(float, f32z, 16)
+LSTMX_STORE_T_LANES(double, f64z, 8)
+
+static LSTMX_512_INLINE void store_t8_f32z(const vec_f32z *v, float *restrict C,
+                                           ptrdiff_t ldc, ptrdiff_t nc)
+{
+    __m512 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm512_unpacklo_ps((__m512)v[i], (__m512)v[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps((__m512)v[i], (__m512)v[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    /* u[i] holds, in its 128-bit lane L, column 4 L + i of rows 0-3, and
+     * u[4 + i] of rows 4-7 */
+    const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19,
+                                         4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27,
+                                         12, 13, 14, 15, 28, 29, 30, 31);
+    for (int i = 0; i < 4; i++) {
+        __m512 a = _mm512_permutex2var_ps(u[i], lo, u[i + 4]);  /* i, 4 + i */
+        __m512 b = _mm512_permutex2var_ps(u[i], hi, u[i + 4]);  /* 8 + i, 12 + i */
+        __m256 col[4] = {_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1),
+                         _mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1)};
+        for (int q = 0; q < 4; q++)
+            if (4 * q + i < nc)
+                _mm256_storeu_ps(C + (4 * q + i) * ldc, col[q]);
+    }
+}
+
+static LSTMX_512_INLINE void store_t8_f64z(const vec_f64z *v, double *restrict C,
+                                           ptrdiff_t ldc, ptrdiff_t nc)
+{
+    __m512d t[8], col[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm512_unpacklo_pd((__m512d)v[i], (__m512d)v[i + 1]);
+        t[i + 1] = _mm512_unpackhi_pd((__m512d)v[i], (__m512d)v[i + 1]);
+    }
+    /* t[i] (i even) holds, in its 128-bit lane L, column 2 L of rows i and
+     * i + 1, t[i + 1] column 2 L + 1 */
+    for (int odd = 0; odd < 2; odd++) {
+        const __m512d *s = t + odd;
+        __m512d a01 = _mm512_shuffle_f64x2(s[0], s[2], 0x44);
+        __m512d b01 = _mm512_shuffle_f64x2(s[4], s[6], 0x44);
+        __m512d a23 = _mm512_shuffle_f64x2(s[0], s[2], 0xee);
+        __m512d b23 = _mm512_shuffle_f64x2(s[4], s[6], 0xee);
+        col[odd] = _mm512_shuffle_f64x2(a01, b01, 0x88);
+        col[2 + odd] = _mm512_shuffle_f64x2(a01, b01, 0xdd);
+        col[4 + odd] = _mm512_shuffle_f64x2(a23, b23, 0x88);
+        col[6 + odd] = _mm512_shuffle_f64x2(a23, b23, 0xdd);
+    }
+    for (int c = 0; c < 8 && c < nc; c++)
+        _mm512_storeu_pd(C + c * ldc, col[c]);
+}
+
+/* store_t: 8 rows in registers, fewer lane by lane */
+#define LSTMX_STORE_T_512(T, SFX, LANES)                                      \
+static LSTMX_512_INLINE void store_t_##SFX(const int mr, const vec_##SFX *lo, \
+                                           const vec_##SFX *hi,               \
+                                           T *restrict C, ptrdiff_t ldc,      \
+                                           ptrdiff_t nc)                      \
+{                                                                             \
+    if (mr != 8) {                                                            \
+        store_t_lanes_##SFX(mr, lo, hi, C, ldc, nc);                          \
+        return;                                                               \
+    }                                                                         \
+    store_t8_##SFX(lo, C, ldc, nc);                                           \
+    if (nc > LANES)                                                           \
+        store_t8_##SFX(hi, C + LANES * ldc, ldc, nc - LANES);                 \
+}
+LSTMX_STORE_T_512(float, f32z, 16)
+LSTMX_STORE_T_512(double, f64z, 8)
+
 LSTMX_GEMM_TILE(float, f32z, 16)
 LSTMX_GEMM_TILE(double, f64z, 8)
 LSTMX_PACK(float, f32z, f32, 16)
@@ -1433,6 +1624,8 @@ LSTMX_GEMV_PACKED(float, f32z, 16, _512, LSTMX_512)
 LSTMX_GEMV_PACKED(double, f64z, 8, _512, LSTMX_512)
 LSTMX_GEMM_PACKED(float, f32z, 16, LSTMX_MR_512, _512, LSTMX_512)
 LSTMX_GEMM_PACKED(double, f64z, 8, LSTMX_MR_512, _512, LSTMX_512)
+LSTMX_GEMM_PACKED_A(float, f32z, 16, LSTMX_MR_512, _512, LSTMX_512)
+LSTMX_GEMM_PACKED_A(double, f64z, 8, LSTMX_MR_512, _512, LSTMX_512)
 LSTMX_GEMM_TN(float, f32z, 16, LSTMX_MR_512, _512, LSTMX_512)
 LSTMX_GEMM_TN(double, f64z, 8, LSTMX_MR_512, _512, LSTMX_512)
 LSTMX_GEMM_TN_PACKED(float, f32z, f32, 16, LSTMX_MR_512, _512, LSTMX_512)
@@ -1562,6 +1755,14 @@ void lstmx_gemm_packed_##SFX(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,           \
 {                                                                             \
     LSTMX_PICK_WIDE(gemm_packed_##SFX, gemm_packed_##SFX##z)(                 \
         N, M, K, A, lda, P, C, ldc, backwards);                               \
+}                                                                             \
+                                                                              \
+void lstmx_gemm_packed_a_##SFX(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,         \
+                               const T *Pa, const T *W, ptrdiff_t ldw, T *C,  \
+                               ptrdiff_t ldc)                                 \
+{                                                                             \
+    LSTMX_PICK_WIDE(gemm_packed_a_##SFX, gemm_packed_a_##SFX##z)(             \
+        N, M, K, Pa, W, ldw, C, ldc);                                         \
 }                                                                             \
                                                                               \
 void lstmx_gemm_tn_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,            \

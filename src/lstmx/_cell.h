@@ -46,6 +46,12 @@ LSTMX_DECLARE_MATMAT(double, f64)
     void lstmx_gemm_packed_##SFX(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,       \
                                  const T *A, ptrdiff_t lda, const T *P,       \
                                  T *C, ptrdiff_t ldc, int backwards);        \
+    /* the same C = A W^T for W (M, K), rows ldw apart, read as it is, and \
+     * A packed instead (pack(N, K, A, lda, 1, Pa)): for fewer rows than W \
+     * has */                                                                 \
+    void lstmx_gemm_packed_a_##SFX(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,     \
+                                   const T *Pa, const T *W, ptrdiff_t ldw,   \
+                                   T *C, ptrdiff_t ldc);                      \
     /* C (M, Nc) = A^T B for A (K, M), B (K, Nc) as they are (weight       \
      * gradients over all of a layer's rows) */                               \
     void lstmx_gemm_tn_##SFX(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,          \

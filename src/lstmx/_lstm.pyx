@@ -90,6 +90,12 @@ cdef extern from "_cell.h" nogil:
                                const double* A, Py_ssize_t lda,
                                const double* P, double* C, Py_ssize_t ldc,
                                int backwards)
+    void lstmx_gemm_packed_a_f32(Py_ssize_t N, Py_ssize_t M, Py_ssize_t K,
+                                 const float* Pa, const float* W, Py_ssize_t ldw,
+                                 float* C, Py_ssize_t ldc)
+    void lstmx_gemm_packed_a_f64(Py_ssize_t N, Py_ssize_t M, Py_ssize_t K,
+                                 const double* Pa, const double* W, Py_ssize_t ldw,
+                                 double* C, Py_ssize_t ldc)
     void lstmx_gemm_tn_f32(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
                            const float* A, Py_ssize_t lda, const float* B,
                            Py_ssize_t ldb, float* C, Py_ssize_t ldc)
@@ -340,6 +346,32 @@ cdef inline void _gemm_packed(Py_ssize_t N, Py_ssize_t M, Py_ssize_t K,
         lstmx_gemm_packed_f64(N, M, K, A, lda, P, C, ldc, backwards)
 
 
+# A part's projection of fewer rows than W_x has packs the rows, not W_x
+# (_gemm_packed_a), unless this is False (a test hook sets it).
+cdef bint PACK_ROWS = True
+
+
+def _set_pack_rows(bint on):
+    """Test hook: PACK_ROWS; returns the old."""
+    global PACK_ROWS
+    old = PACK_ROWS
+    PACK_ROWS = on
+    return old
+
+
+cdef inline void _gemm_packed_a(Py_ssize_t N, Py_ssize_t M, Py_ssize_t K,
+                                const floating* Pa, const floating* W,
+                                Py_ssize_t ldw, floating* C,
+                                Py_ssize_t ldc) noexcept nogil:
+    """C (N, M) = A (N, K) W^T for W (M, K) as it is, A packed in Pa by
+    _pack(N, K, A, lda, 1, Pa) (_cell.c): _gemm_packed's bits, for fewer
+    rows than W has."""
+    if floating is float:
+        lstmx_gemm_packed_a_f32(N, M, K, Pa, W, ldw, C, ldc)
+    else:
+        lstmx_gemm_packed_a_f64(N, M, K, Pa, W, ldw, C, ldc)
+
+
 cdef inline void _gemv_packed(Py_ssize_t B, Py_ssize_t M, Py_ssize_t K,
                               const floating* x, const floating* P,
                               floating* y, Py_ssize_t gs,
@@ -526,12 +558,17 @@ def _packed_cache():
 
 
 def _gemm_packed_test(const floating[:, ::1] a, const floating[:, ::1] w, bint transposed,
-                      floating[:, ::1] c):
+                      floating[:, ::1] c, bint pack_a=False):
     """Test hook: c (N, M) = a (N, K) w^T for w (M, K) (transposed), or
-    a w for w (K, M), through _cell.c's packing and packed GEMM."""
+    a w for w (K, M), through _cell.c's packing and packed GEMM; with
+    pack_a (and transposed), a packed and w read as it is (gemm_packed_a)."""
     cdef Py_ssize_t N = a.shape[0], K = a.shape[1], M = c.shape[1]
-    cdef floating* P = _alloc(_packed_size(M, K, &a[0, 0]), &a[0, 0])
+    cdef floating* P = _alloc(_packed_size(max(M, N), K, &a[0, 0]), &a[0, 0])
     try:
+        if transposed and pack_a:
+            _pack(N, K, &a[0, 0], K, 1, P)
+            _gemm_packed_a(N, M, K, P, &w[0, 0], K, &c[0, 0], M)
+            return
         if transposed:
             _pack(M, K, &w[0, 0], w.shape[1], 1, P)
         else:
@@ -778,8 +815,10 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     projection are computed first (gates = X W_x^T; else gates holds it).
     With w_x_pack (room for _packed_size(4H, I), else NULL), each part
     computes all columns of its share of the T N rows instead, with the
-    packed GEMM on W_x^T packed there: it sums each element in the same order
-    whatever the rows, so the parts give the bits one thread gives.
+    packed GEMM on W_x^T packed there, or on its rows packed there when
+    they are fewer than W_x's 4H (_gemm_packed_a): either sums each element
+    in the same order whatever the rows, so the parts give the bits one
+    thread gives.
     h_buf (2, N, H): h_{t-1} is read from one half and h_t written to the
     other, alternating, so that parts never read what another writes in the
     same step; the initial state is in h_buf[0] and the final one ends in
@@ -829,10 +868,16 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     elif x != NULL and w_x_pack == NULL:
         _project(T * N, I, H, u0, u1, x, w_x, gates)
     elif x != NULL:
-        _pack(G, I, w_x, I, 1, w_x_pack)
         r0 = _share(T * N, part, nparts)
         r1 = _share(T * N, part + 1, nparts)
-        _gemm_packed(r1 - r0, G, I, x + r0 * I, I, w_x_pack, gates + r0 * G, G)
+        if PACK_ROWS and r1 - r0 < G:
+            # fewer rows than W_x: they are packed instead (_gemm_packed_a;
+            # the same bits). seed_infer's part packs 200 rows, not 1280.
+            _pack(r1 - r0, I, x + r0 * I, I, 1, w_x_pack)
+            _gemm_packed_a(r1 - r0, G, I, w_x_pack, w_x, I, gates + r0 * G, G)
+        else:
+            _pack(G, I, w_x, I, 1, w_x_pack)
+            _gemm_packed(r1 - r0, G, I, x + r0 * I, I, w_x_pack, gates + r0 * G, G)
         if nparts > 1:
             lstmx_barrier_wait(barrier, nparts, &sense)
     if w_pack != NULL:
@@ -1013,7 +1058,9 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     job.args.u0, job.args.u1, job.args.n0, job.args.n1 = u0, u1, n0, n1
     job.args.reverse = reverse
     if project_whole and x_p != NULL:
-        job.args.owned_x = _alloc(_packed_size(4 * H, I, &w_h[0, 0]), &w_h[0, 0])
+        # room for W_x or, when fewer, the part's rows of X packed
+        job.args.owned_x = _alloc(_packed_size(min(4 * H, T * N) if PACK_ROWS else 4 * H,
+                                               I, &w_h[0, 0]), &w_h[0, 0])
     elif by_step:
         job.args.owned_x = _alloc(4 * _packed_size(u1 - u0, I, &w_h[0, 0]), &w_h[0, 0])
     job.args.by_step = by_step
