@@ -900,6 +900,42 @@ def test_a_bidirectional_sequence_projects_on_the_packed_gemm(dtype, rng, monkey
         lstmx._lstm._set_pack_rows(old)
 
 
+@needs_split
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_a_sequence_split_by_units_projects_on_the_packed_gemm(bidirectional, dtype, rng,
+                                                               monkeypatch):
+    """One sequence split by units, W_h too large for the chooser: each
+    part projects its half of the rows on the packed GEMM (project_whole),
+    as a direction a thread does, with the bits whichever operand it packs;
+    training's forward agrees bit for bit, and the reference to rounding."""
+    _l2_unknown(monkeypatch)
+    monkeypatch.setattr(lstm_module, "SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(lstmx._lstm, "ONE_PACKED_MAX_BYTES", 0)
+    net = Arch(6, 24, num_layers=2, bidirectional=bidirectional, peephole=True,
+               output_size=3).make(dtype=dtype, seed=5)
+    assert net._split(1) == "units"
+    calls = []
+    real = lstmx._lstm.lstm_forward
+    monkeypatch.setattr(lstmx._lstm, "lstm_forward",
+                        lambda *a, **k: calls.append(k["project_whole"]) or real(*a, **k))
+    x = random_x(rng, 9, 1, 6).astype(dtype)
+    state = random_state(rng, net, 1)
+    y = net.predict(x, state=state)
+    y_train, _ = net.forward(x, state=state)
+    D = 2 if bidirectional else 1
+    assert calls == [True] * (2 * 2 * D * 2)    # 2 parts, D, 2 layers, 2 runs
+    np.testing.assert_array_equal(y, y_train)
+    old = lstmx._lstm._set_pack_rows(False)
+    try:
+        assert np.array_equal(net.predict(x, state=state), y)
+    finally:
+        lstmx._lstm._set_pack_rows(old)
+    y_ref, _ = run_reference(net, x, None, state)
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=tol)
+
+
 @pytest.mark.skipif(not lstmx._lstm.can_split(), reason="no split recurrences in this build")
 def test_meeting_hook_meets_and_refuses_nonsense():
     """bench/floors.py's hook: two threads meet that many times (a round

@@ -751,9 +751,12 @@ class LSTM:
         # seed_infer's samples). Median of paired blocks in one process,
         # packed / BLAS: seed_infer 0.980, bidirectional I16 H64 T1000
         # 0.962, I64 H128 2 layers 0.977, I256 H256 0.978; not for N = 32
-        # (seed network, training forward 0.996, predict 1.008) nor split
-        # by units (H512, 1.018).
-        project_whole = chosen or (split is None and D == 2 and N == 1)
+        # (seed network, training forward 0.996, predict 1.008). Split by
+        # units too, since each part packs its rows of X rather than all
+        # of W_x (_lstm._gemm_packed_a; before, H512 1.018): float64
+        # seed_infer 0.903 (27.6 -> 24.9 ms), I360 H320 T200 0.908, f32
+        # I512 H512 T100 0.973, bidirectional 0.965.
+        project_whole = N == 1 and (chosen or split == "units" or (split is None and D == 2))
         y = None
         pool = self._pool
         temps, kept = [], []
