@@ -1,7 +1,9 @@
 /* The per-step kernels: the elementwise LSTM cell (DESIGN.md section 1;
  * seed 002 + peepholes), the recurrent products (matmat on W_h as it is;
- * a GEMM and a one-row kernel on a packed W_h), the narrow weight
- * gradients over all rows (gemm_tn), softmax cross-entropy, and
+ * a GEMM and a one-row kernel on a packed W_h), the input projection (the
+ * same GEMM, or turned over on a single sequence's packed rows:
+ * gemm_packed_a), the weight gradients over all rows (gemm_tn,
+ * gemm_tn_packed), softmax cross-entropy, and
  * for a recurrence shared by two threads the barrier and the worker thread
  * that runs the second of a pair of jobs.
  *
