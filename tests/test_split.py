@@ -900,6 +900,42 @@ def test_a_bidirectional_sequence_projects_on_the_packed_gemm(dtype, rng, monkey
         lstmx._lstm._set_pack_rows(old)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_a_short_sequence_reads_w_h_as_it_is(dtype, rng, monkeypatch):
+    """One sequence, a direction a thread: a call of fewer than
+    lstm.ONE_PACKED_MIN_STEPS steps reads W_h as it is rather than packing
+    it, a longer one packs it; both agree with the reference, and predict
+    with training's forward bit for bit. Where the chooser may switch ways
+    (they must give the same bits), W_h is packed whatever the steps."""
+    _l2_unknown(monkeypatch)
+    monkeypatch.setattr(lstm_module, "SPLIT_MIN_BYTES", 1 << 62)
+    net = Arch(6, 24, num_layers=2, bidirectional=True, peephole=True, output_size=3).make(
+        dtype=dtype, seed=6)
+    calls = []
+    real = lstmx._lstm.lstm_forward
+    monkeypatch.setattr(lstmx._lstm, "lstm_forward",
+                        lambda *a, **k: calls.append(k["pack_w_h"]) or real(*a, **k))
+    state = random_state(rng, net, 1)
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    least = lstm_module.ONE_PACKED_MIN_STEPS
+    for T, packs in ((1, False), (least - 1, False), (least, True)):
+        calls.clear()
+        x = random_x(rng, T, 1, 6).astype(dtype)
+        y = net.predict(x, state=state)
+        y_train, _ = net.forward(x, state=state)
+        assert calls == [packs] * 8, T       # 2 layers, 2 directions, 2 runs
+        np.testing.assert_array_equal(y, y_train)
+        y_ref, _ = run_reference(net, x, None, state)
+        np.testing.assert_allclose(y, y_ref, rtol=0, atol=tol)
+    if lstmx._lstm.can_split():
+        monkeypatch.setattr(lstm_module, "SPLIT_MIN_BYTES", 0)
+        chosen = Arch(6, 24, num_layers=1, peephole=True, output_size=3).make(dtype=dtype, seed=7)
+        assert chosen._split(1) == "units"
+        calls.clear()
+        chosen.predict(random_x(rng, 3, 1, 6).astype(dtype))
+        assert calls and all(calls)
+
+
 @needs_split
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])

@@ -973,7 +973,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
                  int part=0, int nparts=1, int[::1] barrier=None,
                  Py_ssize_t n0=0, Py_ssize_t n1=-1, bint project_whole=False,
                  int[::1] pipe=None, Py_ssize_t by_step=0, bint ring=False,
-                 bint defer=False):
+                 bint pack_w_h=True, bint defer=False):
     """Run the recurrence of one direction of one layer; see ``_forward``.
 
     x (T, N, I), or empty (0, 0, 0) when gates already holds the input
@@ -1007,6 +1007,11 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     empty), with ``pipe`` (2,) int32 zeroed and shared with an
     ``lstm_pipe`` job run at the same time (run_pair), which projects the
     gates as the steps need them and runs the head on the steps done.
+
+    One sequence's steps take the one-row kernel on a packed W_h where
+    packs_one_row allows, unless pack_w_h is False: then W_h is read as it
+    is (matmat), which a call of a few steps does faster than packing it
+    (see lstm.ONE_PACKED_MIN_STEPS).
 
     With defer, returns the call as a Job (see run_pair) instead.
     """
@@ -1051,7 +1056,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
         raise ValueError("n0, n1: a range of sequences, with nparts == 1 and x empty "
                          "or by_step = 1")
     nseq = n1 - n0 if nparts == 1 else N
-    if nseq > SMALL_N or (nseq == SMALL_N == 1
+    if nseq > SMALL_N or (nseq == SMALL_N == 1 and pack_w_h
                           and packs_one_row(4 * (u1 - u0), H, sizeof(floating))):
         job.args.owned = _alloc(4 * _packed_size(u1 - u0, H, &w_h[0, 0]), &w_h[0, 0])
     job.args.T, job.args.N, job.args.I, job.args.H = T, N, I, H

@@ -96,6 +96,17 @@ BACKWARD_SPLIT_MIN_FLOPS = 256 * 1024
 # 400x64x44 23/36, 52/74; 1600x64x44 71/134, 189/292; 200x640x44 98/170,
 # 255/369. (The earlier 1M had not been measured.)
 HEAD_SPLIT_MIN_MACS = 1 << 19
+# A single sequence's W_h is packed for the one-row kernel (see
+# _lstm.packs_one_row) when the call runs at least this many steps, or when
+# the chooser may switch ways (they must give the same bits); a shorter
+# call reads W_h as it is (matmat): packing it costs about what the packed
+# kernel saves in 16 to 32 steps. Predict of one sequence, as it is /
+# packed, medians of 12 paired blocks: seed network (a direction a
+# thread) T=2 0.81, T=8 0.89, T=16 0.97, T=32 1.12; bidirectional I128
+# H128 T=1 0.81, 8 0.93, 16 0.99, 32 1.08; I512 H512 (split by units) T=1
+# 0.77, 8 0.88, 16 0.95, 32 1.04; float64 seed network (split) T=1 0.71, 8
+# 0.90, 16 0.99, 32 1.12.
+ONE_PACKED_MIN_STEPS = 20
 # A forward run on several sequences projects its inputs as the steps come
 # (see LSTM._by_step): split by units, from this many sequences, about this
 # many rows at a time; else a step at a time where W_x and W_h packed take
@@ -757,6 +768,7 @@ class LSTM:
         # seed_infer 0.903 (27.6 -> 24.9 ms), I360 H320 T200 0.908, f32
         # I512 H512 T100 0.973, bidirectional 0.965.
         project_whole = N == 1 and (chosen or split == "units" or (split is None and D == 2))
+        pack_w_h = chosen or T >= ONE_PACKED_MIN_STEPS
         y = None
         pool = self._pool
         temps, kept = [], []
@@ -820,7 +832,7 @@ class LSTM:
                                           c[k], out, d * H, *record[d], rec[thread], part,
                                           nparts, barrier, n0, n1, project_whole=project_whole,
                                           pipe=pipe, by_step=by_step, ring=ring and by_step > 0,
-                                          defer=True)
+                                          pack_w_h=pack_w_h, defer=True)
 
             by_step = by_steps[layer]
             if split == "batch" or (split == "units" and N > 1):
