@@ -784,6 +784,8 @@ def test_projection_by_step_refuses_what_it_cannot_run():
         run(np.zeros((0, 0, 0)), w_x, w_h, bias, peep, lengths, *rest, by_step=1)
     with pytest.raises(ValueError, match="by_step"):
         run(x, w_x, w_h, bias, peep, lengths, *rest, project_whole=True, by_step=1)
+    with pytest.raises(ValueError, match="project_in_place"):
+        run(x, w_x, w_h, bias, peep, lengths, *rest, project_in_place=True, by_step=1)
     ragged = np.array([3, 2], np.intc)
     with pytest.raises(ValueError, match="by_step"):
         run(x, w_x, w_h, bias, peep, ragged, True, *rest[1:], by_step=1)
@@ -901,24 +903,27 @@ def test_a_bidirectional_sequence_projects_on_the_packed_gemm(dtype, rng, monkey
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_a_short_sequence_reads_w_h_as_it_is(dtype, rng, monkeypatch):
+def test_a_short_sequence_reads_the_weights_as_they_are(dtype, rng, monkeypatch):
     """One sequence, a direction a thread: a call of fewer than
     lstm.ONE_PACKED_MIN_STEPS steps reads W_h as it is rather than packing
-    it, a longer one packs it; both agree with the reference, and predict
-    with training's forward bit for bit. Where the chooser may switch ways
-    (they must give the same bits), W_h is packed whatever the steps."""
+    it, and one of at most lstm.PROJECT_IN_PLACE_MAX_ROWS steps W_x too;
+    all agree with the reference, and predict with training's forward bit
+    for bit. Where the chooser may switch ways (they must give the same
+    bits), both are packed whatever the steps."""
     _l2_unknown(monkeypatch)
     monkeypatch.setattr(lstm_module, "SPLIT_MIN_BYTES", 1 << 62)
     net = Arch(6, 24, num_layers=2, bidirectional=True, peephole=True, output_size=3).make(
         dtype=dtype, seed=6)
     calls = []
     real = lstmx._lstm.lstm_forward
-    monkeypatch.setattr(lstmx._lstm, "lstm_forward",
-                        lambda *a, **k: calls.append(k["pack_w_h"]) or real(*a, **k))
+    monkeypatch.setattr(
+        lstmx._lstm, "lstm_forward",
+        lambda *a, **k: calls.append((k["pack_w_h"], k["project_in_place"])) or real(*a, **k))
     state = random_state(rng, net, 1)
     tol = 2e-5 if dtype == np.float32 else 1e-12
-    least = lstm_module.ONE_PACKED_MIN_STEPS
-    for T, packs in ((1, False), (least - 1, False), (least, True)):
+    least, most = lstm_module.ONE_PACKED_MIN_STEPS, lstm_module.PROJECT_IN_PLACE_MAX_ROWS
+    for T, packs in ((1, (False, True)), (most, (False, True)), (most + 1, (False, False)),
+                     (least - 1, (False, False)), (least, (True, False))):
         calls.clear()
         x = random_x(rng, T, 1, 6).astype(dtype)
         y = net.predict(x, state=state)
@@ -933,7 +938,16 @@ def test_a_short_sequence_reads_w_h_as_it_is(dtype, rng, monkeypatch):
         assert chosen._split(1) == "units"
         calls.clear()
         chosen.predict(random_x(rng, 3, 1, 6).astype(dtype))
-        assert calls and all(calls)
+        assert calls and all(c == (True, False) for c in calls)
+        # split by units beyond the chooser: each part projects its units'
+        # columns reading W_x as it is
+        monkeypatch.setattr(lstmx._lstm, "ONE_PACKED_MAX_BYTES", 0)
+        calls.clear()
+        x = random_x(rng, 3, 1, 6).astype(dtype)
+        y = net.predict(x, state=state)
+        assert net._split(1) == "units" and calls == [(False, True)] * 8
+        y_ref, _ = run_reference(net, x, None, state)
+        np.testing.assert_allclose(y, y_ref, rtol=0, atol=tol)
 
 
 @needs_split

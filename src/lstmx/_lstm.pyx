@@ -652,6 +652,7 @@ cdef struct _Args:
     Py_ssize_t T, N, I, H, R, G, u0, u1, n0, n1, ld
     Py_ssize_t by_step    # a forward's steps per block of projection, or 0
     bint ring             # and its gates hold a block's rows only
+    bint in_place         # a forward's projection reads W_x as it is
     int part, nparts
     const int* lengths
     int* barrier
@@ -807,7 +808,7 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
                    floating* rec, floating* w_pack, int* barrier,
                    int part, int nparts, Py_ssize_t n0, Py_ssize_t n1,
                    floating* w_x_pack, int* pipe, Py_ssize_t by_step,
-                   bint ring) noexcept nogil:
+                   bint ring, bint in_place) noexcept nogil:
     """The recurrence of one direction of one layer over T steps, for the
     units u0 <= j < u1 of H: one of ``nparts`` threads that share it.
 
@@ -852,6 +853,10 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     rows. With ring (inference), gates holds a
     block's rows only (by_step steps of N rows): each block is projected to
     its start, and a step's cells read their rows there.
+
+    in_place (x given, no w_x_pack, no by_step): the projection reads W_x
+    as it is, a dot product a row and column (_matmat), for a call of a
+    few rows, where packing either operand costs more than the product.
     """
     cdef Py_ssize_t G = 4 * H, nu = u1 - u0, Nb = n1 - n0
     cdef int projected = 0
@@ -865,6 +870,11 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     cdef Py_ssize_t tb = 0      # the time of the block's first rows (ring)
     if x != NULL and by_step:
         _pack_units(H, I, u0, u1, w_x, w_x_pack)
+    elif x != NULL and in_place and whole:
+        _matmat(G, I, w_x, T * N, x, I, gates, G)
+    elif x != NULL and in_place:
+        for g in range(4):
+            _matmat(nu, I, w_x + (g * H + u0) * I, T * N, x, I, gates + g * H + u0, G)
     elif x != NULL and w_x_pack == NULL:
         _project(T * N, I, H, u0, u1, x, w_x, gates)
     elif x != NULL:
@@ -973,7 +983,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
                  int part=0, int nparts=1, int[::1] barrier=None,
                  Py_ssize_t n0=0, Py_ssize_t n1=-1, bint project_whole=False,
                  int[::1] pipe=None, Py_ssize_t by_step=0, bint ring=False,
-                 bint pack_w_h=True, bint defer=False):
+                 bint pack_w_h=True, bint project_in_place=False, bint defer=False):
     """Run the recurrence of one direction of one layer; see ``_forward``.
 
     x (T, N, I), or empty (0, 0, 0) when gates already holds the input
@@ -1011,7 +1021,9 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     One sequence's steps take the one-row kernel on a packed W_h where
     packs_one_row allows, unless pack_w_h is False: then W_h is read as it
     is (matmat), which a call of a few steps does faster than packing it
-    (see lstm.ONE_PACKED_MIN_STEPS).
+    (see lstm.ONE_PACKED_MIN_STEPS). With project_in_place (x given,
+    without pipe or by_step), the projection reads W_x as it is too, a dot
+    product a row and column (see lstm.PROJECT_IN_PLACE_MAX_ROWS).
 
     With defer, returns the call as a Job (see run_pair) instead.
     """
@@ -1048,6 +1060,8 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
         raise ValueError("by_step: steps per block of projection (0: none), for x given, "
                          "without pipe or project_whole, and reverse only with every "
                          "length T")
+    if project_in_place and (x_p == NULL or pipe is not None or by_step):
+        raise ValueError("project_in_place: for x given, without pipe or by_step")
     if ring and (not by_step or c_all_p != NULL
                  or gates.shape[0] < min(by_step, T) or x.shape[1] != N):
         raise ValueError("ring: for inference by_step, gates (by_step, N, 4H) at least")
@@ -1062,7 +1076,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
     job.args.T, job.args.N, job.args.I, job.args.H = T, N, I, H
     job.args.u0, job.args.u1, job.args.n0, job.args.n1 = u0, u1, n0, n1
     job.args.reverse = reverse
-    if project_whole and x_p != NULL:
+    if project_whole and x_p != NULL and not project_in_place:
         # room for W_x or, when fewer, the part's rows of X packed
         job.args.owned_x = _alloc(_packed_size(min(4 * H, T * N) if PACK_ROWS else 4 * H,
                                                I, &w_h[0, 0]), &w_h[0, 0])
@@ -1070,6 +1084,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_x,
         job.args.owned_x = _alloc(4 * _packed_size(u1 - u0, I, &w_h[0, 0]), &w_h[0, 0])
     job.args.by_step = by_step
     job.args.ring = ring
+    job.args.in_place = project_in_place
     job.args.x = <void*>x_p
     job.args.w_x = <void*>&w_x[0, 0]
     job.args.w_h = <void*>&w_h[0, 0]
@@ -1422,7 +1437,7 @@ cdef void _run_typed(_Args* a, floating* like) noexcept nogil:
                  a.ld, <floating*>a.gates, <floating*>a.c_all,
                  <floating*>a.h_prev_all, <floating*>a.rec, <floating*>a.owned,
                  a.barrier, a.part, a.nparts, a.n0, a.n1, <floating*>a.owned_x, a.pipe,
-                 a.by_step, a.ring)
+                 a.by_step, a.ring, a.in_place)
     elif a.kind == _PIPE:
         # (O in R, w_fc in w_h, b_fc in bias, y in dx)
         _pipe(a.T, a.I, a.H, a.R, <const floating*>a.x, <const floating*>a.w_x,

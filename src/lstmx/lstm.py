@@ -107,6 +107,13 @@ HEAD_SPLIT_MIN_MACS = 1 << 19
 # 0.77, 8 0.88, 16 0.95, 32 1.04; float64 seed network (split) T=1 0.71, 8
 # 0.90, 16 0.99, 32 1.12.
 ONE_PACKED_MIN_STEPS = 20
+# ... and a call of at most this many steps, not chosen either, projects
+# its inputs reading W_x as it is (a dot product a row and column), where
+# the packed GEMM would pack its rows into panels of 16 or 32 (or W_x) and
+# fill few of the panels' lanes. seed network, float32 (float64), as it is
+# / packed rows, medians of 12 paired blocks: T=1 0.60 (0.60), 2 0.65
+# (0.59), 4 0.76 (0.75), 8 0.94 (0.96), 12 1.06 (1.11), 16 1.17 (1.20).
+PROJECT_IN_PLACE_MAX_ROWS = 8
 # A forward run on several sequences projects its inputs as the steps come
 # (see LSTM._by_step): split by units, from this many sequences, about this
 # many rows at a time; else a step at a time where W_x and W_h packed take
@@ -769,6 +776,7 @@ class LSTM:
         # I512 H512 T100 0.973, bidirectional 0.965.
         project_whole = N == 1 and (chosen or split == "units" or (split is None and D == 2))
         pack_w_h = chosen or T >= ONE_PACKED_MIN_STEPS
+        project_in_place = N == 1 and not chosen and T <= PROJECT_IN_PLACE_MAX_ROWS
         y = None
         pool = self._pool
         temps, kept = [], []
@@ -832,7 +840,8 @@ class LSTM:
                                           c[k], out, d * H, *record[d], rec[thread], part,
                                           nparts, barrier, n0, n1, project_whole=project_whole,
                                           pipe=pipe, by_step=by_step, ring=ring and by_step > 0,
-                                          pack_w_h=pack_w_h, defer=True)
+                                          pack_w_h=pack_w_h, project_in_place=project_in_place,
+                                          defer=True)
 
             by_step = by_steps[layer]
             if split == "batch" or (split == "units" and N > 1):
