@@ -814,10 +814,11 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
 
     x (T, N, I) or NULL: when given, this part's columns of the input
     projection are computed first (gates = X W_x^T; else gates holds it).
-    With w_x_pack (room for _packed_size(4H, I), else NULL), each part
-    computes all columns of its share of the T N rows instead, with the
-    packed GEMM on W_x^T packed there, or on its rows packed there when
-    they are fewer than W_x's 4H (_gemm_packed_a): either sums each element
+    With w_x_pack (room for _packed_size(4H, I), or for _packed_size(T N,
+    I) when that is less and PACK_ROWS, else NULL), each part computes all
+    columns of its share of the T N rows instead, with the packed GEMM on
+    W_x^T packed there, or on its rows packed there when they are fewer
+    than W_x's 4H (_gemm_packed_a): either sums each element
     in the same order whatever the rows, so the parts give the bits one
     thread gives.
     h_buf (2, N, H): h_{t-1} is read from one half and h_t written to the
