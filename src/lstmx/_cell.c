@@ -686,7 +686,6 @@ static inline LSTMX_INLINE void row_##SFX(ptrdiff_t K, const int np,          \
         }                                                                     \
 }
 
-
 /* C[c ldc + r] = sum_k A[r lda + k] B[k NR + c] for r < mr, c < nc, sums
  * from zero: tile_'s, stored transposed (gemm_packed_a: A is W, B a panel
  * of the packed rows of X) by store_t, which the AVX-512 build writes with
