@@ -870,6 +870,43 @@ def test_units_split_projecting_by_step(dtype, rng, monkeypatch):
                                    atol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+def _record_forward(monkeypatch, *keys):
+    """The list to which every lstm_forward call from now on appends the
+    values of its keyword arguments ``keys`` (one alone, else a tuple)."""
+    calls = []
+    real = lstmx._lstm.lstm_forward
+
+    def record(*args, **kwargs):
+        values = tuple(kwargs[key] for key in keys)
+        calls.append(values[0] if len(values) == 1 else values)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lstmx._lstm, "lstm_forward", record)
+    return calls
+
+
+def _predict_checked(net, x, state):
+    """predict's y for one sequence, checked bit for bit against training's
+    forward and to rounding against the reference."""
+    y = net.predict(x, state=state)
+    y_train, _ = net.forward(x, state=state)
+    np.testing.assert_array_equal(y, y_train)
+    y_ref, _ = run_reference(net, x, None, state)
+    tol = 2e-5 if net.dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=tol)
+    return y
+
+
+def _predict_packing_w_x(net, x, state):
+    """predict with a projection of few rows packing W_x, not the rows
+    (_lstm's PACK_ROWS hook)."""
+    old = lstmx._lstm._set_pack_rows(False)
+    try:
+        return net.predict(x, state=state)
+    finally:
+        lstmx._lstm._set_pack_rows(old)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_a_bidirectional_sequence_projects_on_the_packed_gemm(dtype, rng, monkeypatch):
     """One sequence, a direction a thread: each job projects its direction
@@ -880,26 +917,14 @@ def test_a_bidirectional_sequence_projects_on_the_packed_gemm(dtype, rng, monkey
     net = Arch(6, 24, num_layers=2, bidirectional=True, peephole=True, output_size=3).make(
         dtype=dtype, seed=4)
     assert net._split(1) is None
-    calls = []
-    real = lstmx._lstm.lstm_forward
-    monkeypatch.setattr(lstmx._lstm, "lstm_forward",
-                        lambda *a, **k: calls.append(k["project_whole"]) or real(*a, **k))
+    calls = _record_forward(monkeypatch, "project_whole")
     x = random_x(rng, 9, 1, 6).astype(dtype)
     state = random_state(rng, net, 1)
-    y = net.predict(x, state=state)
-    y_train, _ = net.forward(x, state=state)
+    y = _predict_checked(net, x, state)
     assert calls == [True] * 8
-    np.testing.assert_array_equal(y, y_train)
-    y_ref, _ = run_reference(net, x, None, state)
-    tol = 2e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(y, y_ref, rtol=0, atol=tol)
     # 9 rows against W_x's 96: the rows were packed, not W_x; packing W_x
     # gives the same bits
-    old = lstmx._lstm._set_pack_rows(False)
-    try:
-        assert np.array_equal(net.predict(x, state=state), y)
-    finally:
-        lstmx._lstm._set_pack_rows(old)
+    assert np.array_equal(_predict_packing_w_x(net, x, state), y)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -914,24 +939,15 @@ def test_a_short_sequence_reads_the_weights_as_they_are(dtype, rng, monkeypatch)
     monkeypatch.setattr(lstm_module, "SPLIT_MIN_BYTES", 1 << 62)
     net = Arch(6, 24, num_layers=2, bidirectional=True, peephole=True, output_size=3).make(
         dtype=dtype, seed=6)
-    calls = []
-    real = lstmx._lstm.lstm_forward
-    monkeypatch.setattr(
-        lstmx._lstm, "lstm_forward",
-        lambda *a, **k: calls.append((k["pack_w_h"], k["project_in_place"])) or real(*a, **k))
+    calls = _record_forward(monkeypatch, "pack_w_h", "project_in_place")
     state = random_state(rng, net, 1)
     tol = 2e-5 if dtype == np.float32 else 1e-12
     least, most = lstm_module.ONE_PACKED_MIN_STEPS, lstm_module.PROJECT_IN_PLACE_MAX_ROWS
     for T, packs in ((1, (False, True)), (most, (False, True)), (most + 1, (False, False)),
                      (least - 1, (False, False)), (least, (True, False))):
         calls.clear()
-        x = random_x(rng, T, 1, 6).astype(dtype)
-        y = net.predict(x, state=state)
-        y_train, _ = net.forward(x, state=state)
+        _predict_checked(net, random_x(rng, T, 1, 6).astype(dtype), state)
         assert calls == [packs] * 8, T       # 2 layers, 2 directions, 2 runs
-        np.testing.assert_array_equal(y, y_train)
-        y_ref, _ = run_reference(net, x, None, state)
-        np.testing.assert_allclose(y, y_ref, rtol=0, atol=tol)
     if lstmx._lstm.can_split():
         monkeypatch.setattr(lstm_module, "SPLIT_MIN_BYTES", 0)
         chosen = Arch(6, 24, num_layers=1, peephole=True, output_size=3).make(dtype=dtype, seed=7)
@@ -965,25 +981,13 @@ def test_a_sequence_split_by_units_projects_on_the_packed_gemm(bidirectional, dt
     net = Arch(6, 24, num_layers=2, bidirectional=bidirectional, peephole=True,
                output_size=3).make(dtype=dtype, seed=5)
     assert net._split(1) == "units"
-    calls = []
-    real = lstmx._lstm.lstm_forward
-    monkeypatch.setattr(lstmx._lstm, "lstm_forward",
-                        lambda *a, **k: calls.append(k["project_whole"]) or real(*a, **k))
+    calls = _record_forward(monkeypatch, "project_whole")
     x = random_x(rng, 9, 1, 6).astype(dtype)
     state = random_state(rng, net, 1)
-    y = net.predict(x, state=state)
-    y_train, _ = net.forward(x, state=state)
+    y = _predict_checked(net, x, state)
     D = 2 if bidirectional else 1
     assert calls == [True] * (2 * 2 * D * 2)    # 2 parts, D, 2 layers, 2 runs
-    np.testing.assert_array_equal(y, y_train)
-    old = lstmx._lstm._set_pack_rows(False)
-    try:
-        assert np.array_equal(net.predict(x, state=state), y)
-    finally:
-        lstmx._lstm._set_pack_rows(old)
-    y_ref, _ = run_reference(net, x, None, state)
-    tol = 2e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(y, y_ref, rtol=0, atol=tol)
+    assert np.array_equal(_predict_packing_w_x(net, x, state), y)
 
 
 @pytest.mark.skipif(not lstmx._lstm.can_split(), reason="no split recurrences in this build")

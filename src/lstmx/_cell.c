@@ -909,8 +909,9 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
  * A projection of fewer rows than W has packs them instead of W (seed_
  * infer's single sequence, T = 200 rows of X against 1280 of W_x). One
  * core, float32, M = 1280, N = 200, best us of 40 after evicting the
- * caches, pack + product, packing W / packing X: K = 360 203 + 1225 /
- * 28 + 1187-1229, K = 640 405-465 + 2114 / 70-76 + 2030-2176. The loops as
+ * caches, pack + product (two runs), packing W / packing X: K = 360
+ * 196-203 + 1225-1258 / 28-29 + 1187-1229, K = 640 405-465 + 2114 /
+ * 70-76 + 2030-2176. The loops as
  * gemm_packed's: blocks of W's rows that stay in L2, panels, row tiles. */
 #define LSTMX_GEMM_PACKED_A(T, SFX, LANES, MR, V, ATTR)                       \
 LSTMX_TILE_T(T, SFX, LANES, V, ATTR)                                          \
@@ -1537,9 +1538,10 @@ typedef double vec_f64z __attribute__((vector_size(64)));
 /* gemm_packed_a's tiles of 8 rows stored transposed in registers: 8 x 16
  * float32 (or 8 x 8 float64) at a time in three rounds of shuffles, one
  * row of C (a column of the tile, 8 values) a store, as lane by lane
- * (store_t_lanes) otherwise. One core, M = 1280, N = 200, K = 360, us:
- * lane by lane 1465-1497, in registers 1187-1229, and 1225 for
- * gemm_packed's product unturned, each after evicting the caches. */
+ * (store_t_lanes) otherwise. One core, float32, M = 1280, N = 200, K =
+ * 360, us, after evicting the caches: the tile stored to memory and copied
+ * an element at a time 1465-1497, in registers 1187-1229, and 1225-1258
+ * for gemm_packed's product unturned (float64's was not timed apart). */
 LSTMX_STORE_T_LANES(float, f32z, 16)
 LSTMX_STORE_T_LANES(double, f64z, 8)
 

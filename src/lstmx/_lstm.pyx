@@ -262,6 +262,19 @@ cdef inline void _matmat(Py_ssize_t M, Py_ssize_t K, const floating* W,
         lstmx_matmat_f64(M, K, W, N, X, ldx, Y, ldy)
 
 
+cdef inline void _matmat_units(Py_ssize_t N, Py_ssize_t H, Py_ssize_t K, Py_ssize_t u0,
+                               Py_ssize_t u1, const floating* A, const floating* W,
+                               floating* C) noexcept nogil:
+    """_gemm_units' columns, C (N, 4H) = A (N, K) W^T, with W (4H, K) read
+    as it is (_matmat): one call for all units, else one a gate block."""
+    cdef Py_ssize_t g, nu = u1 - u0
+    if nu == H:
+        _matmat(4 * H, K, W, N, A, K, C, 4 * H)
+        return
+    for g in range(4):
+        _matmat(nu, K, W + (g * H + u0) * K, N, A, K, C + g * H + u0, 4 * H)
+
+
 # A single sequence's W_h larger than L2 is read from L3 at every step. Every
 # other step takes its rows backwards, in chunks of this many bytes, so that
 # it starts with the rows that the step before read last and that are still
@@ -871,11 +884,8 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H,
     cdef Py_ssize_t tb = 0      # the time of the block's first rows (ring)
     if x != NULL and by_step:
         _pack_units(H, I, u0, u1, w_x, w_x_pack)
-    elif x != NULL and in_place and whole:
-        _matmat(G, I, w_x, T * N, x, I, gates, G)
     elif x != NULL and in_place:
-        for g in range(4):
-            _matmat(nu, I, w_x + (g * H + u0) * I, T * N, x, I, gates + g * H + u0, G)
+        _matmat_units(T * N, H, I, u0, u1, x, w_x, gates)
     elif x != NULL and w_x_pack == NULL:
         _project(T * N, I, H, u0, u1, x, w_x, gates)
     elif x != NULL:
