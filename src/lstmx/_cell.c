@@ -581,8 +581,11 @@ LSTMX_STORE_T_LANES(double, f64, 4)
 
 #define LSTMX_GEMM_TILE(T, SFX, LANES)                                        \
 /* lo[r], hi[r] (r < mr) += sum_k A[r sr + k sk] B[k ldb + 0..2 LANES), each  \
- * sum on over k in order (inlined: the accumulators stay in registers) */   \
+ * sum on over k in order (inlined: the accumulators stay in registers).      \
+ * With nv = 1 (a constant) only lo and the first LANES columns: a panel's    \
+ * columns past them are zeros when nc <= LANES, whose sums are not stored. */ \
 static inline LSTMX_INLINE void tile_sums_##SFX(ptrdiff_t K, const int mr,    \
+                                                const int nv,                 \
                                                 const T *restrict A,          \
                                                 ptrdiff_t sr, ptrdiff_t sk,   \
                                                 const T *restrict B,          \
@@ -594,11 +597,12 @@ static inline LSTMX_INLINE void tile_sums_##SFX(ptrdiff_t K, const int mr,    \
     _Pragma("GCC unroll 4")                                                   \
     for (ptrdiff_t k = 0; k < K; k++) {                                       \
         vec_##SFX b0 = load_##SFX(B + k * ldb);                               \
-        vec_##SFX b1 = load_##SFX(B + k * ldb + LANES);                       \
+        vec_##SFX b1 = nv > 1 ? load_##SFX(B + k * ldb + LANES) : b0;         \
         for (int r = 0; r < mr; r++) {                                        \
             T a = A[r * sr + k * sk];                                         \
             lo[r] += b0 * a;                                                  \
-            hi[r] += b1 * a;                                                  \
+            if (nv > 1)                                                       \
+                hi[r] += b1 * a;                                              \
         }                                                                     \
     }                                                                         \
 }                                                                             \
@@ -629,7 +633,10 @@ static inline LSTMX_INLINE void tile_##SFX(ptrdiff_t K, const int mr,         \
             hi[r] = load_##SFX(row + LANES);                                  \
         }                                                                     \
     }                                                                         \
-    tile_sums_##SFX(K, mr, A, sr, sk, B, ldb, lo, hi);                        \
+    if (nc <= LANES)                                                          \
+        tile_sums_##SFX(K, mr, 1, A, sr, sk, B, ldb, lo, hi);                 \
+    else                                                                      \
+        tile_sums_##SFX(K, mr, 2, A, sr, sk, B, ldb, lo, hi);                 \
     for (int r = 0; r < mr; r++) {                                            \
         if (nc == 2 * LANES) {                                                \
             memcpy(C + r * ldc, &lo[r], sizeof lo[r]);                        \
@@ -702,7 +709,10 @@ static inline LSTMX_INLINE ATTR void tile_t_##SFX##V(ptrdiff_t K,             \
 {                                                                             \
     vec_##SFX lo[LSTMX_MR_MAX], hi[LSTMX_MR_MAX];                             \
     LSTMX_ZERO_ACCUMULATORS(SFX)                                              \
-    tile_sums_##SFX(K, mr, A, lda, 1, B, 2 * LANES, lo, hi);                  \
+    if (nc <= LANES)                                                          \
+        tile_sums_##SFX(K, mr, 1, A, lda, 1, B, 2 * LANES, lo, hi);           \
+    else                                                                      \
+        tile_sums_##SFX(K, mr, 2, A, lda, 1, B, 2 * LANES, lo, hi);           \
     store_t_##SFX(mr, lo, hi, C, ldc, nc);                                    \
 }
 
