@@ -922,7 +922,10 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
  * caches, pack + product (two runs), packing W / packing X: K = 360
  * 196-203 + 1225-1258 / 28-29 + 1187-1229, K = 640 405-465 + 2114 /
  * 70-76 + 2030-2176. The loops as
- * gemm_packed's: blocks of W's rows that stay in L2, panels, row tiles. */
+ * gemm_packed's: blocks of W's rows that stay in L2, panels, row tiles.
+ * A last panel of at most LANES rows (200 rows: 6 panels of 32 and one of
+ * 8) runs on one vector of columns (tile_sums' nv), not two: warm, K = 360
+ * 1181-1216 -> 1121-1145 us, K = 640 2138-2146 -> 2001-2005. */
 #define LSTMX_GEMM_PACKED_A(T, SFX, LANES, MR, V, ATTR)                       \
 LSTMX_TILE_T(T, SFX, LANES, V, ATTR)                                          \
                                                                               \
