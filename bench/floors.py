@@ -27,8 +27,16 @@ optimistic. Printed with lstmx's time and the peers' (when installed) from
 the same run: "floor/peer" is the best ratio a goal could reach on this
 machine, "lstmx/floor" how far lstmx is from it; then the per-step times
 the recurrence's floors were made of.
+
+For the inference workloads a second table adds the cell (the gates'
+activations and the state update), timed alone on rows that stay in L1
+(lstmx's own cell: a bound on what lstmx could reach, not on any LSTM):
+for a single sequence the cell of a step lies between its product and the
+next step's, on the chain of the recurrence, whichever way the step runs;
+for a batch its N H units a step are shared by the two cores.
 """
 import argparse
+import functools
 import threading
 
 import numpy as np
@@ -84,6 +92,34 @@ def step_seconds(hidden, directions):
     return min(whole, directions * (half + meet)), whole, half, meet
 
 
+@functools.lru_cache(maxsize=None)
+def cell_seconds(units, seconds=0.2):
+    """One forward cell of ``units`` units of one sequence (float32, as
+    inference runs it), best of five means, in seconds (timed once a run:
+    the figures printed are those the floors used)."""
+    rng = np.random.default_rng(0)
+    work = rng.uniform(-1, 1, 18 * units).astype(np.float32)
+    single = _lstm._cell_seconds(work, units, 10) / 10
+    repeats = max(10, int(seconds / max(single, 1e-8) / 5))
+    return min(_lstm._cell_seconds(work, units, repeats) / repeats for _ in range(5))
+
+
+def with_cells_seconds(w, floor, step):
+    """The floor of an inference workload with its cells: for a single
+    sequence each layer's step becomes the faster of a whole W_h's product
+    and cell a direction a core, or a half's product and cell and a meeting
+    for each direction in turn; for a batch the cells' time is shared by
+    the two cores. None for training (its backward cell is not timed)."""
+    if w.train:
+        return None
+    H, D, T, L = w.hidden_size, w.directions, w.steps, w.num_layers
+    if step is None:
+        return floor + L * D * T * w.batch * cell_seconds(H) / 2
+    _, whole, half, meet = step
+    with_cell = min(whole + cell_seconds(H), D * (half + cell_seconds(max(H // 2, 1)) + meet))
+    return floor - L * T * step[0] + L * T * with_cell
+
+
 def floor_seconds(w, peak_gflops):
     """(floor, its GEMM part, its recurrence part, the step's parts or
     None) in seconds."""
@@ -116,7 +152,7 @@ def main(argv=None):
     print(f"sgemm peak: {peak:.0f} GFLOP/s on 2 cores")
     print(f"{'workload':<13}{'floor':>9}{'gemm':>9}{'recur':>9}{'lstmx':>9}{'torch':>9}{'ort':>9}"
           f"{'floor/torch':>12}{'floor/ort':>10}{'lstmx/floor':>12}")
-    steps = {}
+    steps, cells = {}, {}
     for name in args.workloads:
         w = _bench.WORKLOADS[name]
         floor, gemm, recurrence, step = floor_seconds(w, peak)
@@ -130,11 +166,22 @@ def main(argv=None):
 
         print(f"{name:<13}{ms(floor)}{ms(gemm)}{ms(recurrence)}{ms(lstmx)}{ms(torch)}{ms(ort)}"
               f"{ratio(floor, torch, 12)}{ratio(floor, ort, 10)}{ratio(lstmx, floor, 12)}", flush=True)
+        with_cells = with_cells_seconds(w, floor, step)
+        if with_cells is not None:
+            cells[name] = (with_cells, lstmx, torch, ort)
     print("ms; lstmx without peepholes (torch has none); the floor counts matrix products only")
     for name, (best, whole, half, meet) in steps.items():
         print(f"{name}: a step of a layer {best * 1e6:.2f} us: W_h whole on a core "
               f"{whole * 1e6:.2f} us, half on each {half * 1e6:.2f} + meeting "
               f"{meet * 1e6:.2f} us")
+    if cells:
+        print(f"\n{'workload':<13}{'+cells':>9}{'lstmx':>9}{'/torch':>9}{'/ort':>9}{'lstmx/floor':>12}")
+        for name, (with_cells, lstmx, torch, ort) in cells.items():
+            print(f"{name:<13}{ms(with_cells)}{ms(lstmx)}{ratio(with_cells, torch, 9)}"
+                  f"{ratio(with_cells, ort, 9)}{ratio(lstmx, with_cells, 12)}")
+        print("the floor with lstmx's forward cell at its speed alone (float32): "
+              + ", ".join(f"{H} units {cell_seconds(H) * 1e6:.3f} us"
+                          for H in sorted({_bench.WORKLOADS[n].hidden_size for n in cells})))
 
 
 if __name__ == "__main__":

@@ -990,6 +990,36 @@ def test_a_sequence_split_by_units_projects_on_the_packed_gemm(bidirectional, dt
     assert np.array_equal(_predict_packing_w_x(net, x, state), y)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("n", [1, 37, 64])
+def test_cell_hook_runs_the_cell_and_refuses_nonsense(dtype, n, rng):
+    """bench/floors.py's cell hook: a call of one repeat leaves the cell's c
+    and h, as the reference computes them from the same slices of its work
+    array, and sizes that do not fit are refused."""
+    work = rng.uniform(-1, 1, 18 * n).astype(dtype)
+    w = work.astype(np.float64)
+    z = w[:4 * n] + w[4 * n:8 * n] + w[8 * n:12 * n]    # a + recurrent term + bias
+    p_i, p_f, p_o = w[12 * n:13 * n], w[13 * n:14 * n], w[14 * n:15 * n]
+    c0 = w[16 * n:17 * n]
+
+    def sigmoid(v):
+        return 1 / (1 + np.exp(-v))
+
+    i = sigmoid(z[:n] + p_i * c0)
+    f = sigmoid(z[n:2 * n] + p_f * c0)
+    g = np.tanh(z[2 * n:3 * n])
+    c = f * c0 + i * g
+    h = sigmoid(z[3 * n:] + p_o * c) * np.tanh(c)
+    assert lstmx._lstm._cell_seconds(work, n, 1) > 0
+    tol = 2e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(work[16 * n:17 * n], c, rtol=tol, atol=tol)
+    np.testing.assert_allclose(work[15 * n:16 * n], h, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(work[17 * n:], work[15 * n:16 * n])
+    for bad in ((work[:-1], n, 1), (work, 0, 1), (work, n, 0)):
+        with pytest.raises(ValueError, match="18 n elements"):
+            lstmx._lstm._cell_seconds(*bad)
+
+
 @pytest.mark.skipif(not lstmx._lstm.can_split(), reason="no split recurrences in this build")
 def test_meeting_hook_meets_and_refuses_nonsense():
     """bench/floors.py's hook: two threads meet that many times (a round

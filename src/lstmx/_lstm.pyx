@@ -1773,6 +1773,32 @@ def _matvec_seconds(const floating[:, ::1] w, const floating[::1] x,
         _free(P)
 
 
+def _cell_seconds(floating[::1] work, Py_ssize_t n, int repeats):
+    """Benchmark hook (bench/floors.py): seconds taken by ``repeats``
+    forward cells of n units of one sequence, as inference runs them
+    (nothing kept; the AVX-512 build's cell where it runs), the GIL
+    released. work (18 n elements at least, the dtype's) holds in turn the
+    pre-activations a (4n), the recurrent term (4n), the bias (4n), the
+    peepholes (3n), h, c (updated in place) and the output (n each).
+    Subnormal numbers are flushed or kept as the dtype's jobs do (a cell
+    whose state grows drives sigmoids below float32's normal range, and
+    kept, they took 2-4 times as long)."""
+    if n < 1 or repeats < 1 or work.shape[0] < 18 * n:
+        raise ValueError("n >= 1, repeats >= 1 and work of 18 n elements expected")
+    cdef floating* p = &work[0]
+    cdef int r
+    cdef bint flush = _flush_f64 if floating is double else _flush_f32
+    cdef unsigned saved
+    start = time.perf_counter()
+    with nogil:
+        saved = lstmx_flush_begin(flush)
+        for r in range(repeats):
+            _cell_forward(n, n, p, p + 4 * n, p + 8 * n, p + 12 * n, p + 15 * n,
+                          p + 16 * n, p + 17 * n, NULL, True)
+        lstmx_flush_end(saved, flush)
+    return time.perf_counter() - start
+
+
 def _meeting_seconds(Py_ssize_t rounds):
     """Benchmark hook (bench/floors.py): seconds a meeting of the two parts
     of a split recurrence takes (the barrier they wait at after every
