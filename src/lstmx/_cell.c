@@ -582,15 +582,16 @@ LSTMX_STORE_T_LANES(double, f64, 4)
 #define LSTMX_GEMM_TILE(T, SFX, LANES)                                        \
 /* lo[r], hi[r] (r < mr) += sum_k A[r sr + k sk] B[k ldb + 0..2 LANES), each  \
  * sum on over k in order (inlined: the accumulators stay in registers).      \
- * With nv = 1 (a constant) only lo and the first LANES columns: a panel's    \
- * columns past them are zeros when nc <= LANES, whose sums are not stored. */ \
-static inline LSTMX_INLINE void tile_sums_##SFX(ptrdiff_t K, const int mr,    \
-                                                const int nv,                 \
-                                                const T *restrict A,          \
-                                                ptrdiff_t sr, ptrdiff_t sk,   \
-                                                const T *restrict B,          \
-                                                ptrdiff_t ldb,                \
-                                                vec_##SFX *lo, vec_##SFX *hi) \
+ * With nv = 1 (a constant) only lo and the first LANES columns. */          \
+static inline LSTMX_INLINE void tile_sums_nv_##SFX(ptrdiff_t K, const int mr, \
+                                                   const int nv,              \
+                                                   const T *restrict A,       \
+                                                   ptrdiff_t sr,              \
+                                                   ptrdiff_t sk,              \
+                                                   const T *restrict B,       \
+                                                   ptrdiff_t ldb,             \
+                                                   vec_##SFX *lo,             \
+                                                   vec_##SFX *hi)             \
 {                                                                             \
     /* k four at a time (each sum still in order): one core, 384 x 512 by    \
      * 512 x 2048, float32 55-59 -> 69-71 GFLOP/s, float64 30-38 -> 36-39 */  \
@@ -605,6 +606,23 @@ static inline LSTMX_INLINE void tile_sums_##SFX(ptrdiff_t K, const int mr,    \
                 hi[r] += b1 * a;                                              \
         }                                                                     \
     }                                                                         \
+}                                                                             \
+                                                                              \
+/* The sums of the columns below nc: a panel's columns past the first LANES   \
+ * are zeros when nc <= LANES, whose sums are not stored, so one vector of    \
+ * them is summed (a last panel of 8 rows of 32: gemm_packed_a). */          \
+static inline LSTMX_INLINE void tile_sums_##SFX(ptrdiff_t K, const int mr,    \
+                                                ptrdiff_t nc,                 \
+                                                const T *restrict A,          \
+                                                ptrdiff_t sr, ptrdiff_t sk,   \
+                                                const T *restrict B,          \
+                                                ptrdiff_t ldb,                \
+                                                vec_##SFX *lo, vec_##SFX *hi) \
+{                                                                             \
+    if (nc <= LANES)                                                          \
+        tile_sums_nv_##SFX(K, mr, 1, A, sr, sk, B, ldb, lo, hi);              \
+    else                                                                      \
+        tile_sums_nv_##SFX(K, mr, 2, A, sr, sk, B, ldb, lo, hi);              \
 }                                                                             \
                                                                               \
 /* C[r][0..nc) (+)= sum_k A[r sr + k sk] B[k ldb + 0..nc) for r < mr, k < K:  \
@@ -633,10 +651,7 @@ static inline LSTMX_INLINE void tile_##SFX(ptrdiff_t K, const int mr,         \
             hi[r] = load_##SFX(row + LANES);                                  \
         }                                                                     \
     }                                                                         \
-    if (nc <= LANES)                                                          \
-        tile_sums_##SFX(K, mr, 1, A, sr, sk, B, ldb, lo, hi);                 \
-    else                                                                      \
-        tile_sums_##SFX(K, mr, 2, A, sr, sk, B, ldb, lo, hi);                 \
+    tile_sums_##SFX(K, mr, nc, A, sr, sk, B, ldb, lo, hi);                    \
     for (int r = 0; r < mr; r++) {                                            \
         if (nc == 2 * LANES) {                                                \
             memcpy(C + r * ldc, &lo[r], sizeof lo[r]);                        \
@@ -709,10 +724,7 @@ static inline LSTMX_INLINE ATTR void tile_t_##SFX##V(ptrdiff_t K,             \
 {                                                                             \
     vec_##SFX lo[LSTMX_MR_MAX], hi[LSTMX_MR_MAX];                             \
     LSTMX_ZERO_ACCUMULATORS(SFX)                                              \
-    if (nc <= LANES)                                                          \
-        tile_sums_##SFX(K, mr, 1, A, lda, 1, B, 2 * LANES, lo, hi);           \
-    else                                                                      \
-        tile_sums_##SFX(K, mr, 2, A, lda, 1, B, 2 * LANES, lo, hi);           \
+    tile_sums_##SFX(K, mr, nc, A, lda, 1, B, 2 * LANES, lo, hi);              \
     store_t_##SFX(mr, lo, hi, C, ldc, nc);                                    \
 }
 
@@ -924,7 +936,7 @@ static ATTR void gemm_packed_##SFX##V(ptrdiff_t N, ptrdiff_t M, ptrdiff_t K,  \
  * 70-76 + 2030-2176. The loops as
  * gemm_packed's: blocks of W's rows that stay in L2, panels, row tiles.
  * A last panel of at most LANES rows (200 rows: 6 panels of 32 and one of
- * 8) runs on one vector of columns (tile_sums' nv), not two: warm, K = 360
+ * 8) runs on one vector of columns (tile_sums), not two: warm, K = 360
  * 1181-1216 -> 1121-1145 us, K = 640 2138-2146 -> 2001-2005. */
 #define LSTMX_GEMM_PACKED_A(T, SFX, LANES, MR, V, ATTR)                       \
 LSTMX_TILE_T(T, SFX, LANES, V, ATTR)                                          \

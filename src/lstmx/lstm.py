@@ -110,9 +110,14 @@ ONE_PACKED_MIN_STEPS = 20
 # ... and a call of at most this many steps, not chosen either, projects
 # its inputs reading W_x as it is (a dot product a row and column), where
 # the packed GEMM would pack its rows into panels of 16 or 32 (or W_x) and
-# fill few of the panels' lanes. seed network, float32 (float64), as it is
-# / packed rows, medians of 12 paired blocks: T=1 0.60 (0.60), 2 0.65
-# (0.59), 4 0.76 (0.75), 8 0.94 (0.96), 12 1.06 (1.11), 16 1.17 (1.20).
+# fill few of the panels' lanes. As it is / packed rows, medians of 15
+# paired blocks, since a last panel of at most half its width is summed on
+# one vector (_cell.c's tile_sums; before it, the seed network's float32
+# T=8 was 0.94): seed network float32 T=4 0.88, 5 0.95, 6 0.99-1.01, 7
+# 1.04, 8 1.11, float64 T=4 0.86, 6 0.98, 8 1.08; I512 H512 (split by
+# units) float32 T=4 0.71, 6 0.79, 8 0.85, float64 T=4 0.89, 6 1.02, 8
+# 1.06. Kept at 8: at 7-8 rows the larger network gains 15%, where the
+# seed network loses 4-11%.
 PROJECT_IN_PLACE_MAX_ROWS = 8
 # A forward run on several sequences projects its inputs as the steps come
 # (see LSTM._by_step): split by units, from this many sequences, about this
